@@ -1,0 +1,155 @@
+"""The admin API (plain-HTTP listener, `/admin/...`) and `AdminClient`, its Python client.
+
+Tests and benchmarks use it to reset state, inject faults, tune the throttle, add fixture
+data at run time, mint tokens, and read counters and the request log.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from azure_emulator.faults import Fault, parse_fault, parse_throttle_rule
+from azure_emulator.fixture import FixtureError
+from azure_emulator.state import State
+from azure_emulator.web import Request, Response, json_response
+
+PREFIX = "/admin/"
+
+
+def handle(state: State, request: Request) -> Response:
+    route = (request.method, request.path[len(PREFIX) :].rstrip("/"))
+    try:
+        payload = json.loads(request.body) if request.body else None
+        return _route(state, request, route, payload)
+    except (ValueError, TypeError, KeyError) as exc:  # FixtureError and json errors are ValueErrors
+        return json_response(400, {"error": str(exc)})
+
+
+def _route(state: State, request: Request, route: tuple[str, str], payload: Any) -> Response:
+    query = request.query
+    if route == ("GET", "health"):
+        return json_response(200, {"status": "ok"})
+    if route == ("GET", "ca.pem"):
+        return Response(200, state.ca_bundle.read_bytes(), {"Content-Type": "application/x-pem-file"})
+    if route == ("POST", "reset"):
+        state.reset()
+        return json_response(200, {"status": "reset"})
+    if route == ("GET", "requests"):
+        entries = state.stats.requests(query.get("kind"), query.get("host"), query.get("path_contains"))
+        return json_response(200, entries)
+    if route == ("GET", "counters"):
+        return json_response(200, state.stats.counters())
+    if route == ("GET", "faults"):
+        return json_response(200, state.faults.describe())
+    if route == ("PUT", "faults"):
+        if not isinstance(payload, list):
+            raise ValueError("PUT /admin/faults takes a JSON list of faults")
+        state.faults.replace([_fault(spec, index) for index, spec in enumerate(payload)])
+        return json_response(200, state.faults.describe())
+    if route == ("POST", "faults"):
+        state.faults.add(_fault(payload, 0))
+        return json_response(200, state.faults.describe())
+    if route == ("DELETE", "faults"):
+        state.faults.replace([])
+        return json_response(200, [])
+    if route == ("GET", "throttle"):
+        return json_response(200, state.throttle.describe())
+    if route == ("PUT", "throttle"):
+        spec = dict(payload or {})
+        vault = spec.pop("vault", None)
+        if vault is not None and vault not in state.fixture.vaults:
+            raise ValueError(f"no vault named {vault!r} in the fixture")
+        state.throttle.set_rule(vault, parse_throttle_rule(spec))
+        return json_response(200, state.throttle.describe())
+    if route == ("POST", "load"):
+        if not isinstance(payload, dict):
+            raise FixtureError("POST /admin/load takes a JSON object in fixture format")
+        state.load(payload)
+        return json_response(200, {"status": "loaded"})
+    if route == ("POST", "tokens"):
+        token, claims = state.mint(payload["client_id"].lower(), payload["audience"], int(payload["expires_in"]))
+        return json_response(200, {"access_token": token, "expires_on": claims.expires_on})
+    return json_response(404, {"error": f"no admin route {route[0]} {request.path}"})
+
+
+def _fault(spec: Any, index: int) -> Fault:
+    try:
+        return parse_fault(spec)
+    except ValueError as exc:
+        raise ValueError(f"fault [{index}]: {exc}") from None
+
+
+class AdminError(RuntimeError):
+    """The admin API answered with an error."""
+
+
+class AdminClient:
+    """A small client for the admin API (stdlib only, so it runs wherever the emulator does)."""
+
+    def __init__(self, http_url: str, timeout: float = 30.0) -> None:
+        self.http_url = http_url.rstrip("/")
+        self.timeout = timeout
+
+    def reset(self) -> None:
+        """Back to the fixture as loaded; runtime data, faults, throttle, counters and log cleared."""
+        self._call("POST", "reset")
+
+    def requests(
+        self, kind: str | None = None, host: str | None = None, path_contains: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Request-log entries, oldest first, optionally filtered."""
+        params = {"kind": kind, "host": host, "path_contains": path_contains}
+        return self._call("GET", "requests", params={k: v for k, v in params.items() if v is not None})
+
+    def counters(self) -> dict[str, Any]:
+        return self._call("GET", "counters")
+
+    def faults(self) -> list[dict[str, Any]]:
+        return self._call("GET", "faults")
+
+    def set_faults(self, faults: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self._call("PUT", "faults", faults)
+
+    def add_fault(self, fault: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._call("POST", "faults", fault)
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "faults")
+
+    def set_throttle(
+        self, vault: str | None, limit: int, window_s: float, retry_after: float | None = None
+    ) -> dict[str, Any]:
+        """Set one vault's token bucket, or with vault None the default for every vault."""
+        spec = {"vault": vault, "limit": limit, "window_s": window_s, "retry_after": retry_after}
+        return self._call("PUT", "throttle", spec)
+
+    def load(self, fragment: dict[str, Any]) -> None:
+        """Merge identities/vaults/workspaces (fixture format) into the running fixture."""
+        self._call("POST", "load", fragment)
+
+    def mint_token(self, client_id: str, audience: str, expires_in: int) -> str:
+        """A token as the emulator would issue it; a negative expires_in gives an expired one."""
+        spec = {"client_id": client_id, "audience": audience, "expires_in": expires_in}
+        return self._call("POST", "tokens", spec)["access_token"]
+
+    def ca_pem(self) -> bytes:
+        with urllib.request.urlopen(f"{self.http_url}/admin/ca.pem", timeout=self.timeout) as response:
+            return response.read()
+
+    def _call(self, method: str, route: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
+        url = f"{self.http_url}{PREFIX}{route}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise AdminError(f"{method} {url}: {exc.code} {exc.read().decode(errors='replace')}") from None

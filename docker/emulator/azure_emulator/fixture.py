@@ -1,0 +1,481 @@
+"""Load and validate the YAML fixture: identities, vaults, workspaces, faults, throttle.
+
+The raw fixture (plain dicts, as in the YAML) is what the admin API merges fragments into;
+`build` turns it into the immutable model the endpoints read. Every validation error names
+the offending path, e.g. `vaults.contoso-kv.secrets.openai-key.versions[1].id`.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from azure_emulator.clouds import CLOUDS, Cloud
+from azure_emulator.faults import Fault, ThrottleRule, parse_fault, parse_throttle_rule
+
+DEFAULT_FIXTURE = Path(__file__).resolve().parent.parent / "fixture.yaml"
+
+# A version created without an explicit time gets FIRST_CREATED + its index in days, so the
+# order in the file is the creation order and the last listed version is the latest.
+FIRST_CREATED = 1704067200  # 2024-01-01T00:00:00Z
+VERSION_ID = re.compile(r"^[0-9a-f]{32}$")
+# Key Vault object names: 1-127 alphanumerics and dashes.
+SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+VAULT_NAME = re.compile(r"^[A-Za-z][0-9A-Za-z-]{1,22}[0-9A-Za-z]$")
+# Azure ML workspace and connection names (azure-rest-api-specs).
+AML_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$")
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+AUTH_TYPES = {
+    "PAT",
+    "ManagedIdentity",
+    "UsernamePassword",
+    "None",
+    "SAS",
+    "AccountKey",
+    "ServicePrincipal",
+    "AccessKey",
+    "ApiKey",
+    "CustomKeys",
+    "OAuth2",
+    "AAD",
+}
+ROLE_SECRETS_USER = "Key Vault Secrets User"
+ROLE_CONNECTION_READER = "Azure Machine Learning Workspace Connection Secrets Reader"
+
+
+class FixtureError(ValueError):
+    """The fixture is invalid; the message names the path of the bad entry."""
+
+
+@dataclass(frozen=True)
+class SecretVersion:
+    version: str
+    value: str
+    enabled: bool
+    created: int
+    updated: int
+    exp: int | None
+    nbf: int | None
+    content_type: str | None
+    tags: dict[str, str] | None
+
+
+@dataclass(frozen=True)
+class Secret:
+    name: str
+    versions: dict[str, SecretVersion]
+    latest: SecretVersion
+
+
+@dataclass(frozen=True)
+class Vault:
+    name: str
+    cloud: Cloud
+    secrets: dict[str, Secret]
+
+    @property
+    def host(self) -> str:
+        return self.name.lower() + self.cloud.vault_suffix
+
+
+@dataclass(frozen=True)
+class Connection:
+    name: str
+    properties: dict[str, Any]  # authType, category, credentials, target, metadata, expiryTime, ...
+    created: str
+
+
+@dataclass(frozen=True)
+class Workspace:
+    name: str
+    subscription: str
+    resource_group: str
+    cloud: Cloud
+    connections: dict[str, Connection]
+
+    @property
+    def arm_id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.MachineLearningServices/workspaces/{self.name}"
+        )
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    client_id: str  # lower-case
+    default: bool
+    vaults: frozenset[str]  # "Key Vault Secrets User" on these vaults
+    workspaces: frozenset[str]  # "... Workspace Connection Secrets Reader" on these workspaces
+
+
+@dataclass(frozen=True)
+class Fixture:
+    tenant_id: str
+    token_lifetime_s: int
+    msi_secret: str
+    identities: dict[str, Identity]  # by lower-case client id
+    default_identity: Identity | None
+    vaults: dict[str, Vault]  # by vault name
+    vaults_by_host: dict[str, Vault]
+    workspaces: dict[str, Workspace]  # by workspace name
+    faults: list[Fault]
+    throttle: ThrottleRule
+    vault_throttles: dict[str, ThrottleRule] = field(default_factory=dict)
+
+
+def read_raw(path: str | Path) -> dict[str, Any]:
+    """The fixture file as plain data; FixtureError if it is not a YAML mapping."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise FixtureError(f"cannot read fixture {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise FixtureError(f"fixture {path}: the top level must be a mapping")
+    return raw
+
+
+def merge(base: dict[str, Any], fragment: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of base with fragment merged in: mappings merge recursively, anything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in fragment.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load(path: str | Path) -> tuple[dict[str, Any], Fixture]:
+    raw = read_raw(path)
+    return raw, build(raw)
+
+
+def build(raw: Mapping[str, Any]) -> Fixture:
+    """Validate raw fixture data and build the model; FixtureError on the first problem."""
+    known = {
+        "tenant_id",
+        "token_lifetime_s",
+        "msi_secret",
+        "identities",
+        "vaults",
+        "workspaces",
+        "faults",
+        "throttle",
+    }
+    _no_unknown_keys(raw, known, "fixture")
+    tenant_id = _require(raw, "tenant_id", str, "fixture")
+    if not GUID.match(tenant_id):
+        raise FixtureError(f"tenant_id: must be a GUID, got {tenant_id!r}")
+    lifetime = raw.get("token_lifetime_s", 3600)
+    if not isinstance(lifetime, int) or isinstance(lifetime, bool) or not 60 <= lifetime <= 86400:
+        raise FixtureError(f"token_lifetime_s: must be an integer from 60 to 86400, got {lifetime!r}")
+    msi_secret = _require(raw, "msi_secret", str, "fixture")
+
+    vaults = {name: _vault(name, spec) for name, spec in _mapping(raw, "vaults")}
+    workspaces = {name: _workspace(name, spec) for name, spec in _mapping(raw, "workspaces")}
+    identities = [_identity(name, spec, vaults, workspaces) for name, spec in _mapping(raw, "identities")]
+    by_client_id: dict[str, Identity] = {}
+    for identity in identities:
+        if identity.client_id in by_client_id:
+            raise FixtureError(f"identities.{identity.name}.client_id: {identity.client_id} is used twice")
+        by_client_id[identity.client_id] = identity
+    defaults = [identity for identity in identities if identity.default]
+    if len(defaults) > 1:
+        raise FixtureError(f"identities: only one may be the default, got {[i.name for i in defaults]}")
+
+    vaults_by_host: dict[str, Vault] = {}
+    for vault in vaults.values():
+        if vault.host in vaults_by_host:
+            raise FixtureError(f"vaults.{vault.name}: host {vault.host} is used twice")
+        vaults_by_host[vault.host] = vault
+
+    faults = []
+    for index, spec in enumerate(raw.get("faults") or []):
+        try:
+            faults.append(parse_fault(spec))
+        except ValueError as exc:
+            raise FixtureError(f"faults[{index}]: {exc}") from None
+    throttle_spec = raw.get("throttle") or {}
+    if not isinstance(throttle_spec, dict):
+        raise FixtureError("throttle: must be a mapping")
+    per_vault_spec = throttle_spec.get("vaults") or {}
+    try:
+        throttle = parse_throttle_rule({k: v for k, v in throttle_spec.items() if k != "vaults"})
+    except ValueError as exc:
+        raise FixtureError(f"throttle: {exc}") from None
+    vault_throttles = {}
+    for vault_name, spec in per_vault_spec.items():
+        if vault_name not in vaults:
+            raise FixtureError(f"throttle.vaults.{vault_name}: no such vault in the fixture")
+        try:
+            vault_throttles[vault_name] = parse_throttle_rule(spec)
+        except ValueError as exc:
+            raise FixtureError(f"throttle.vaults.{vault_name}: {exc}") from None
+
+    return Fixture(
+        tenant_id=tenant_id.lower(),
+        token_lifetime_s=lifetime,
+        msi_secret=msi_secret,
+        identities=by_client_id,
+        default_identity=defaults[0] if defaults else None,
+        vaults=vaults,
+        vaults_by_host=vaults_by_host,
+        workspaces=workspaces,
+        faults=faults,
+        throttle=throttle,
+        vault_throttles=vault_throttles,
+    )
+
+
+def secret_values(fixture: Mapping[str, Any] | str | Path) -> set[str]:
+    """Every secret value, connection credential (including CustomKeys keys) and the MSI secret.
+
+    Leak tests grep captured output for these. Accepts raw fixture data or a fixture path.
+    """
+    raw = fixture if isinstance(fixture, Mapping) else read_raw(fixture)
+    values: set[str] = set()
+    if raw.get("msi_secret"):
+        values.add(str(raw["msi_secret"]))
+    for vault in (raw.get("vaults") or {}).values():
+        for secret in ((vault or {}).get("secrets") or {}).values():
+            for version in secret.get("versions") or [secret]:
+                if version.get("value") not in (None, ""):
+                    values.add(str(version["value"]))
+    for workspace in (raw.get("workspaces") or {}).values():
+        for connection in ((workspace or {}).get("connections") or {}).values():
+            values.update(_leaves(connection.get("credentials") or {}))
+    return values
+
+
+def _leaves(value: Any) -> Iterator[str]:
+    if isinstance(value, Mapping):
+        for item in value.values():
+            yield from _leaves(item)
+    elif value not in (None, ""):
+        yield str(value)
+
+
+def _vault(name: str, spec: Any) -> Vault:
+    where = f"vaults.{name}"
+    if not VAULT_NAME.match(name):
+        raise FixtureError(f"{where}: a vault name is 3-24 letters, digits and dashes, starting with a letter")
+    spec = _as_mapping(spec, where)
+    _no_unknown_keys(spec, {"cloud", "secrets"}, where)
+    cloud = _cloud(spec, where)
+    secrets = {
+        secret_name: _secret(name, secret_name, secret_spec, f"{where}.secrets.{secret_name}")
+        for secret_name, secret_spec in _mapping(spec, "secrets", where)
+    }
+    return Vault(name=name, cloud=cloud, secrets=secrets)
+
+
+def _secret(vault: str, name: str, spec: Any, where: str) -> Secret:
+    if not SECRET_NAME.match(name):
+        raise FixtureError(f"{where}: a secret name is 1-127 letters, digits and dashes")
+    spec = _as_mapping(spec, where)
+    if "versions" in spec:
+        _no_unknown_keys(spec, {"versions"}, where)
+        version_specs = spec["versions"]
+        if not isinstance(version_specs, list) or not version_specs:
+            raise FixtureError(f"{where}.versions: must be a non-empty list")
+    else:
+        version_specs = [spec]  # shorthand: the secret's only version, written inline
+    versions: dict[str, SecretVersion] = {}
+    for index, version_spec in enumerate(version_specs):
+        here = f"{where}.versions[{index}]" if "versions" in spec else where
+        version = _version(vault, name, index, version_spec, here)
+        if version.version in versions:
+            raise FixtureError(f"{here}.id: {version.version} is used twice")
+        versions[version.version] = version
+    # The latest is the newest-created version; on a tie, the one listed last.
+    ordered = sorted(enumerate(versions.values()), key=lambda pair: (pair[1].created, pair[0]))
+    return Secret(name=name, versions=versions, latest=ordered[-1][1])
+
+
+def _version(vault: str, secret: str, index: int, spec: Any, where: str) -> SecretVersion:
+    spec = _as_mapping(spec, where)
+    allowed = {"id", "value", "enabled", "created", "updated", "exp", "nbf", "contentType", "tags"}
+    _no_unknown_keys(spec, allowed, where)
+    version = spec.get("id") or hashlib.sha256(f"{vault}/{secret}/{index}".encode()).hexdigest()[:32]
+    if not isinstance(version, str) or not VERSION_ID.match(version):
+        raise FixtureError(f"{where}.id: must be 32 lowercase hex digits, got {version!r}")
+    value = _require(spec, "value", str, where)
+    enabled = spec.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise FixtureError(f"{where}.enabled: must be true or false")
+    created = _time(spec.get("created"), f"{where}.created") or FIRST_CREATED + index * 86400
+    updated = _time(spec.get("updated"), f"{where}.updated") or created
+    tags = spec.get("tags")
+    if tags is not None and not (isinstance(tags, dict) and all(isinstance(v, str) for v in tags.values())):
+        raise FixtureError(f"{where}.tags: must be a mapping of strings")
+    content_type = spec.get("contentType")
+    if content_type is not None and not isinstance(content_type, str):
+        raise FixtureError(f"{where}.contentType: must be a string")
+    return SecretVersion(
+        version=version,
+        value=value,
+        enabled=enabled,
+        created=created,
+        updated=updated,
+        exp=_time(spec.get("exp"), f"{where}.exp"),
+        nbf=_time(spec.get("nbf"), f"{where}.nbf"),
+        content_type=content_type,
+        tags=tags,
+    )
+
+
+def _workspace(name: str, spec: Any) -> Workspace:
+    where = f"workspaces.{name}"
+    if not AML_NAME.match(name):
+        raise FixtureError(f"{where}: a workspace name must match {AML_NAME.pattern}")
+    spec = _as_mapping(spec, where)
+    _no_unknown_keys(spec, {"subscription", "resource_group", "cloud", "connections"}, where)
+    subscription = _require(spec, "subscription", str, where)
+    if not GUID.match(subscription):
+        raise FixtureError(f"{where}.subscription: must be a GUID, got {subscription!r}")
+    connections = {
+        conn_name: _connection(conn_name, conn_spec, f"{where}.connections.{conn_name}")
+        for conn_name, conn_spec in _mapping(spec, "connections", where)
+    }
+    return Workspace(
+        name=name,
+        subscription=subscription.lower(),
+        resource_group=_require(spec, "resource_group", str, where),
+        cloud=_cloud(spec, where),
+        connections=connections,
+    )
+
+
+def _connection(name: str, spec: Any, where: str) -> Connection:
+    if not AML_NAME.match(name):
+        raise FixtureError(f"{where}: a connection name must match {AML_NAME.pattern}")
+    spec = _as_mapping(spec, where)
+    auth_type = _require(spec, "authType", str, where)
+    if auth_type not in AUTH_TYPES:
+        raise FixtureError(f"{where}.authType: must be one of {sorted(AUTH_TYPES)}, got {auth_type!r}")
+    _require(spec, "category", str, where)
+    credentials = spec.get("credentials") or {}
+    if not isinstance(credentials, dict):
+        raise FixtureError(f"{where}.credentials: must be a mapping")
+    if auth_type == "CustomKeys" and not isinstance(credentials.get("keys"), dict):
+        raise FixtureError(f"{where}.credentials.keys: a CustomKeys connection needs a mapping of keys")
+    metadata = spec.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise FixtureError(f"{where}.metadata: must be a mapping")
+    expiry = spec.get("expiryTime")
+    created = _iso(_time(spec.get("created"), f"{where}.created") or FIRST_CREATED)
+    properties = {
+        "authType": auth_type,
+        "category": spec["category"],
+        "credentials": credentials,
+        "expiryTime": None if expiry is None else _iso(_time(expiry, f"{where}.expiryTime")),
+        "target": spec.get("target"),
+        "metadata": {key: str(value) for key, value in metadata.items()},
+        "isSharedToAll": bool(spec.get("isSharedToAll", False)),
+        "sharedUserList": [],
+    }
+    return Connection(name=name, properties=properties, created=created)
+
+
+def _identity(name: str, spec: Any, vaults: dict[str, Vault], workspaces: dict[str, Workspace]) -> Identity:
+    where = f"identities.{name}"
+    spec = _as_mapping(spec, where)
+    _no_unknown_keys(spec, {"client_id", "default", "roles"}, where)
+    client_id = _require(spec, "client_id", str, where)
+    if not GUID.match(client_id):
+        raise FixtureError(f"{where}.client_id: must be a GUID, got {client_id!r}")
+    roles = _as_mapping(spec.get("roles") or {}, f"{where}.roles")
+    _no_unknown_keys(roles, {ROLE_SECRETS_USER, ROLE_CONNECTION_READER}, f"{where}.roles")
+    granted_vaults = _names(roles.get(ROLE_SECRETS_USER), vaults, f"{where}.roles.{ROLE_SECRETS_USER}")
+    granted_workspaces = _names(
+        roles.get(ROLE_CONNECTION_READER), workspaces, f"{where}.roles.{ROLE_CONNECTION_READER}"
+    )
+    default = spec.get("default", False)
+    if not isinstance(default, bool):
+        raise FixtureError(f"{where}.default: must be true or false")
+    return Identity(
+        name=name,
+        client_id=client_id.lower(),
+        default=default,
+        vaults=frozenset(granted_vaults),
+        workspaces=frozenset(granted_workspaces),
+    )
+
+
+def _names(value: Any, known: Mapping[str, Any], where: str) -> list[str]:
+    names = value or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise FixtureError(f"{where}: must be a list of names")
+    for name in names:
+        if name not in known:
+            raise FixtureError(f"{where}: {name!r} is not defined in the fixture")
+    return names
+
+
+def _cloud(spec: Mapping[str, Any], where: str) -> Cloud:
+    name = spec.get("cloud", "public")
+    if name not in CLOUDS:
+        raise FixtureError(f"{where}.cloud: must be one of {sorted(CLOUDS)}, got {name!r}")
+    return CLOUDS[name]
+
+
+def _time(value: Any, where: str) -> int | None:
+    """Epoch seconds from an integer, a YAML timestamp or an ISO-8601 string; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise FixtureError(f"{where}: must be a time, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise FixtureError(f"{where}: not an ISO-8601 time: {value!r}") from None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return int(value.timestamp())
+    raise FixtureError(f"{where}: must be a time, got {value!r}")
+
+
+def _iso(epoch: int) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _require(spec: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = spec.get(key)
+    if not isinstance(value, kind) or value in ("", None):
+        raise FixtureError(f"{where}.{key}: required, must be a non-empty {kind.__name__}")
+    return value
+
+
+def _as_mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FixtureError(f"{where}: must be a mapping")
+    return value
+
+
+def _mapping(spec: Mapping[str, Any], key: str, where: str = "") -> Iterator[tuple[str, Any]]:
+    value = spec.get(key) or {}
+    path = f"{where}.{key}" if where else key
+    for name, item in _as_mapping(value, path).items():
+        yield str(name), item
+
+
+def _no_unknown_keys(spec: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(spec) - allowed
+    if unknown:
+        raise FixtureError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")

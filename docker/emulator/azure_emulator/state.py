@@ -1,0 +1,133 @@
+"""The emulator's run-time state: the fixture in force, faults, throttle, tokens, counters and log."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from azure_emulator import fixture as fixture_module
+from azure_emulator.faults import FaultTable, Throttle
+from azure_emulator.fixture import Fixture, Identity
+from azure_emulator.tokens import Claims, TokenIssuer
+
+LOG_LIMIT = 200_000  # request-log entries kept; counters are never truncated
+
+
+class Stats:
+    """Counters and the request log. One lock: each request does one short update."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.clear()
+
+    def clear(self) -> None:
+        self._log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
+        self._counters: dict[str, dict[str, Any]] = {
+            "by_kind": {},  # kind -> status -> n
+            "token_requests": {},  # client id -> resource -> status -> n
+            "keyvault_gets": {},  # vault -> secret -> status -> n
+            "list_secrets": {},  # workspace -> connection -> status -> n
+            "throttled": {},  # vault -> n
+            "faulted": {},  # kind -> n
+        }
+
+    def record(self, entry: dict[str, Any]) -> None:
+        # A reset or hang has no status; it is counted under the fault's name.
+        status = str(entry["status"]) if entry["status"] is not None else entry["fault"]
+        with self._lock:
+            self._log.append(entry)
+            counters = self._counters
+            _bump(counters["by_kind"], entry["kind"], status)
+            if entry["kind"] in ("imds", "msi") and entry.get("resource") is not None:
+                _bump(counters["token_requests"], entry.get("client_id") or "", entry["resource"], status)
+            if entry.get("secret") is not None:
+                _bump(counters["keyvault_gets"], entry["vault"], entry["secret"], status)
+            if entry.get("connection") is not None:
+                _bump(counters["list_secrets"], entry["workspace"], entry["connection"], status)
+            if entry.get("throttled"):
+                _bump(counters["throttled"], entry["vault"])
+            if entry.get("faulted"):
+                _bump(counters["faulted"], entry["kind"])
+
+    def requests(
+        self, kind: str | None = None, host: str | None = None, path_contains: str | None = None
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            entries = list(self._log)
+        return [
+            entry
+            for entry in entries
+            if (kind is None or entry["kind"] == kind)
+            and (host is None or entry["host"] == host.lower())
+            and (path_contains is None or path_contains in entry["path"])
+        ]
+
+    def counters(self) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._counters)
+
+
+def _bump(table: dict[str, Any], *keys: str) -> None:
+    for key in keys[:-1]:
+        table = table.setdefault(key, {})
+    table[keys[-1]] = table.get(keys[-1], 0) + 1
+
+
+class State:
+    """Everything the endpoints share. `fixture` is swapped whole, so readers never see a half-update."""
+
+    def __init__(self, raw: dict[str, Any], fixture_path: Path, ca_bundle: Path) -> None:
+        self.fixture_path = fixture_path
+        self.ca_bundle = ca_bundle
+        self.issuer = TokenIssuer()
+        self.faults = FaultTable()
+        self.throttle = Throttle()
+        self.stats = Stats()
+        self.stopping = threading.Event()  # set at shutdown: ends injected latencies and hangs
+        self._lock = threading.Lock()
+        self._original_raw = raw
+        self._raw = raw
+        self.fixture: Fixture = fixture_module.build(raw)
+        self._apply_fault_config()
+
+    def reset(self) -> None:
+        """Back to the fixture as loaded: runtime additions, faults, throttle, counters and log."""
+        with self._lock:
+            self._raw = self._original_raw
+            self.fixture = fixture_module.build(self._raw)
+            self._apply_fault_config()
+            self.stats.clear()
+
+    def load(self, fragment: Mapping[str, Any]) -> None:
+        """Merge identities, vaults (with secrets) and workspaces (with connections) in fixture format."""
+        allowed = {"identities", "vaults", "workspaces"}
+        unknown = set(fragment) - allowed
+        if unknown:
+            raise fixture_module.FixtureError(f"load: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        with self._lock:
+            merged = fixture_module.merge(self._raw, fragment)
+            self.fixture = fixture_module.build(merged)  # raises before anything changes
+            self._raw = merged
+
+    def _apply_fault_config(self) -> None:
+        self.faults.replace(self.fixture.faults)
+        self.throttle.configure(self.fixture.throttle, self.fixture.vault_throttles)
+
+    def identity(self, client_id: str | None) -> Identity | None:
+        """The identity a token request names, or the default (system-assigned) one when it names none."""
+        if client_id:
+            return self.fixture.identities.get(client_id.lower())
+        return self.fixture.default_identity
+
+    def mint(self, identity_client_id: str, audience: str, expires_in: int | None = None) -> tuple[str, Claims]:
+        fixture = self.fixture
+        return self.issuer.mint(
+            audience=audience,
+            client_id=identity_client_id,
+            tenant_id=fixture.tenant_id,
+            expires_in=fixture.token_lifetime_s if expires_in is None else expires_in,
+        )

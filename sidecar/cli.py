@@ -1,0 +1,254 @@
+"""Command line: `sidecar exec -- CMD [ARG...]` and `sidecar check`.
+
+Errors become exit codes here and only here (see sidecar.errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import structlog
+
+from sidecar import __version__, logs
+from sidecar.errors import (
+    CommandNotExecutableError,
+    CommandNotFoundError,
+    SidecarError,
+    UsageError,
+    exit_code_for,
+)
+from sidecar.settings import load_settings, log_settings
+
+log = structlog.get_logger("sidecar")
+
+REFERENCE_HELP = """\
+references (in any environment value):
+  ${{keyvault:https://<vault>.vault.azure.net/secrets/<name>[/<version>]}}
+  ${{azureml://connections/<conn>}}                    the List Secrets JSON
+  ${{azureml://connections/<conn>/target}}
+  ${{azureml://connections/<conn>/credentials/<name>}} (CustomKeys: keys.<name>)
+  ${{azureml://connections/<conn>/metadata/<name>}}
+  Platform form: may sit inside other text, several per value; $${{ is a literal ${{.
+  Deferred form: the same URI as the whole value, without ${{ }}, e.g.
+  keyvault:https://kv.vault.azure.net/secrets/api-key. List a variable in
+  SIDECAR_LITERAL to pass its value on unchanged.
+
+settings:
+  SIDECAR_CLIENT_ID / DEFAULT_IDENTITY_CLIENT_ID  managed identity client id (else system-assigned)
+  MSI_ENDPOINT + MSI_SECRET                     Azure ML identity endpoint (else IMDS;
+                                                AZURE_POD_IDENTITY_AUTHORITY_HOST overrides its address)
+  AZUREML_ARM_SUBSCRIPTION, AZUREML_ARM_RESOURCEGROUP, AZUREML_ARM_WORKSPACE_NAME
+                                                workspace of connection references
+  SIDECAR_ARM_ENDPOINT     ARM host (default https://management.azure.com)
+  SIDECAR_TIMEOUT          one deadline for the whole resolution, seconds (default 120)
+  SIDECAR_MAX_CONCURRENCY  parallel fetches (default 32)
+  SIDECAR_MAX_ATTEMPTS     attempts per request, transient failures only (default 10)
+  SIDECAR_CONNECT_TO       HOST:PORT:ADDRESS:PORT2[,...], loopback ADDRESS only (local runs, tests)
+  SIDECAR_LITERAL          variables whose values are never parsed (comma-separated names)
+  SIDECAR_LOG_FORMAT       json (default) | console;  SIDECAR_LOG_LEVEL  info (default) | debug | warning | error
+  REQUESTS_CA_BUNDLE / SSL_CERT_FILE  extra TLS trust (e.g. the local emulator's CA)
+
+exit codes:
+  0 ok; 64 usage; 65 malformed reference or a value an environment variable cannot hold;
+  66 not found; 69 unavailable (network, retries exhausted, deadline); 77 permission denied;
+  78 configuration; 126 CMD not executable; 127 CMD not found. With several failures: the
+  first present of 65, 78, 77, 66, 69.
+"""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(UsageError.exit_code, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="sidecar",
+        description="Resolve Azure ML secret references in the environment with the endpoint's managed "
+        "identity, then exec the scoring server.",
+        epilog=REFERENCE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_ArgumentParser
+    )
+    run = commands.add_parser(
+        "exec",
+        help="resolve every reference, then replace this process with CMD",
+        description="Resolve every reference in the environment, then replace this process with CMD "
+        "(execve: CMD keeps this PID, so signals reach it directly; no Python is left). CMD is looked up "
+        "before any secret is fetched (not found: 127, not executable: 126). If any reference fails, "
+        "CMD does not start and every failure is logged with its fix. SIDECAR_* settings are removed "
+        "from CMD's environment.",
+        epilog=REFERENCE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]", help="the command to run")
+    check = commands.add_parser(
+        "check",
+        help="resolve exactly as exec would and print a row per variable; never a value",
+        description="Resolve exactly as exec would and print one row per variable: name, store, reference, "
+        "resolved version, value length, status, latency, attempts. Never prints a value. Exits with the "
+        "code exec would have failed with, or 0.",
+        epilog=REFERENCE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument(
+        "--format", choices=("table", "json"), default="table", help="output format (default: table)"
+    )
+    return parser
+
+
+def _find_command(command: str, path: str | None) -> str:
+    """CMD's path, found the way execvp would, before any secret is fetched."""
+    if "/" in command:
+        if not os.path.exists(command):
+            raise CommandNotFoundError(f"command '{command}' does not exist.", fix="check the path of CMD.")
+        if os.path.isdir(command) or not os.access(command, os.X_OK):
+            raise CommandNotExecutableError(
+                f"command '{command}' is not an executable file.", fix="make it executable (chmod +x)."
+            )
+        return command
+    found = shutil.which(command, path=path)
+    if found:
+        return found
+    # Like a shell: a match that is there but not executable is 126, not 127.
+    for directory in (path or os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", command)
+        if os.path.isfile(candidate):
+            raise CommandNotExecutableError(
+                f"command '{command}' was found at {candidate} but is not executable.",
+                fix="make it executable (chmod +x).",
+            )
+    raise CommandNotFoundError(
+        f"command '{command}' was not found on PATH.", fix="install it or give its full path."
+    )
+
+
+def _exit(code: int) -> NoReturn:
+    """Leave without waiting for fetch threads a deadline left behind."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    # As PID 1 a signal without a handler is ignored; before the exec, stop promptly instead.
+    log.warning("signal", signal=signal.Signals(signum).name, note="stopped before the command started")
+    _exit(128 + signum)
+
+
+def _fail(errors: Sequence[SidecarError]) -> NoReturn:
+    code = exit_code_for(errors)
+    log.error("not starting", exit_code=code, failures=len(errors))
+    _exit(code)
+
+
+def _print_check(report, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    rows = []
+    failed = {}
+    for error in report.errors:
+        failed.setdefault(error.variable, error)
+    for resolution in report.resolutions:
+        variable = resolution.variable
+        error = failed.pop(variable.name, None)
+        rows.append(
+            {
+                "name": variable.name,
+                "store": ",".join(sorted({reference.store for reference in variable.references})) or "-",
+                "reference": " ".join(str(reference) for reference in variable.references)
+                or "(escapes only)",
+                "version": ",".join(resolution.versions) or "-",
+                "length": len(resolution.value) if resolution.value is not None else None,
+                "status": error.status if error else "ok",
+                "ms": round(resolution.ms, 1),
+                "attempts": resolution.attempts,
+            }
+        )
+    for name, error in failed.items():  # variables that failed before any fetch
+        rows.append(
+            {
+                "name": name,
+                "store": "-",
+                "reference": error.reference or "-",
+                "version": "-",
+                "length": None,
+                "status": error.status,
+                "ms": 0.0,
+                "attempts": 0,
+            }
+        )
+    rows.sort(key=lambda row: row["name"])
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    columns = ("name", "store", "reference", "version", "length", "status", "ms", "attempts")
+    table = [[col.upper() for col in columns]] + [
+        ["-" if row[col] is None else str(row[col]) for col in columns] for row in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = _parser().parse_args(argv)
+    logs.configure(*log_settings(os.environ))
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
+    try:
+        settings = load_settings()
+        logs.configure(settings.log_format, settings.log_level)
+        if args.command == "exec":
+            _exec(args.cmd, settings)
+        _check(settings, args.format)
+    except SidecarError as error:
+        log.error(
+            "failed", status=error.status, exit_code=error.exit_code, error=error.message, fix=error.fix
+        )
+        _exit(error.exit_code)
+
+
+def _check(settings, fmt: str) -> NoReturn:  # type: ignore[no-untyped-def]
+    from sidecar.pipeline import log_report, resolve_environment
+
+    report = resolve_environment(os.environ, settings)
+    log_report(report)
+    _print_check(report, fmt)
+    _exit(exit_code_for(report.errors))
+
+
+def _exec(argv: list[str], settings) -> NoReturn:  # type: ignore[no-untyped-def]
+    from sidecar.pipeline import log_report, resolve_environment
+
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("exec needs a command: sidecar exec -- CMD [ARG...]")
+    path = _find_command(argv[0], os.environ.get("PATH"))
+    report = resolve_environment(os.environ, settings)
+    log_report(report)
+    if report.errors:
+        _fail(report.errors)
+    from sidecar.environment import child_environment
+
+    env = child_environment(os.environ, report.resolutions)
+    log.info("exec", command=argv[0], path=path, pid=os.getpid())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(path, argv, env)
+    except OSError as exc:
+        error_class = (
+            CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandNotExecutableError
+        )
+        raise error_class(f"could not exec '{argv[0]}': {exc.strerror}.", fix="check CMD.") from None

@@ -1,0 +1,175 @@
+"""The endpoint's managed identity: azure-identity's ManagedIdentityCredential,
+with one token per audience per run.
+
+Token requests are retried by the credential's own azure-core RetryPolicy, set
+here (IMDS's 404/410 included), because msal caches a throttled or failed
+answer for its Retry-After (5 s by default) and a retry layer above it would
+only read that cache. It is the only retry layer for tokens; see
+`sidecar.resolve` for the one layer for fetches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import AzureError
+from azure.identity import CredentialUnavailableError, ManagedIdentityCredential
+
+from sidecar.errors import ConfigurationError, SidecarError, UnavailableError
+from sidecar.logs import redactor
+from sidecar.settings import Settings
+
+RETRY_STATUS_CODES = [404, 408, 410, 429, 500, 502, 503, 504]
+TOKEN_RETRY_BACKOFF_S = 0.5
+TOKEN_RETRY_BACKOFF_MAX_S = 16
+CONNECT_TIMEOUT_S = 5
+UNREACHABLE_FIX = (
+    "check that the identity endpoint is reachable from the container (for local runs: "
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST or MSI_ENDPOINT/MSI_SECRET), or raise SIDECAR_TIMEOUT."
+)
+
+
+def identity_flavour(env: Mapping[str, str]) -> tuple[str, str]:
+    """Which endpoint ManagedIdentityCredential will use (its own order), and its address."""
+    if env.get("IDENTITY_ENDPOINT"):
+        if env.get("IDENTITY_HEADER"):
+            flavour = "service_fabric" if env.get("IDENTITY_SERVER_THUMBPRINT") else "app_service"
+        else:
+            flavour = "azure_arc" if env.get("IMDS_ENDPOINT") else "imds"
+        if flavour != "imds":
+            return flavour, env["IDENTITY_ENDPOINT"]
+    if env.get("MSI_ENDPOINT"):
+        return ("azureml" if env.get("MSI_SECRET") else "cloud_shell"), env["MSI_ENDPOINT"]
+    if all(env.get(name) for name in ("AZURE_FEDERATED_TOKEN_FILE", "AZURE_TENANT_ID", "AZURE_CLIENT_ID")):
+        return "workload_identity", env.get("AZURE_AUTHORITY_HOST", "login.microsoftonline.com")
+    return "imds", env.get("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://169.254.169.254").rstrip("/")
+
+
+@dataclass
+class _Answer:
+    """What the identity endpoint last said on this thread: the status and its OAuth error, never the token."""
+
+    status: int | None = None
+    error: str = ""
+    attempts: int = 0
+
+
+class ManagedIdentity:
+    """A TokenCredential for the SDKs that asks the identity endpoint once per audience."""
+
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        self.flavour, self.endpoint = identity_flavour(env)
+        self.client_id = settings.client_id
+        self.client_id_source = settings.client_id_source
+        redactor.add(env.get("MSI_SECRET"))
+        redactor.add(env.get("IDENTITY_HEADER"))
+        self._answers = threading.local()
+        self._lock = threading.Lock()
+        self._audience_locks: dict[str, threading.Lock] = {}
+        self._tokens: dict[str, AccessToken] = {}
+        self._failures: dict[str, SidecarError] = {}
+        self.requests = 0
+        self._credential = ManagedIdentityCredential(
+            client_id=self.client_id,
+            raw_response_hook=self._record_answer,
+            retry_total=settings.max_attempts - 1,
+            retry_status=settings.max_attempts - 1,
+            retry_connect=settings.max_attempts - 1,
+            retry_read=settings.max_attempts - 1,
+            retry_on_status_codes=RETRY_STATUS_CODES,
+            retry_backoff_factor=TOKEN_RETRY_BACKOFF_S,
+            retry_backoff_max=TOKEN_RETRY_BACKOFF_MAX_S,
+            timeout=settings.timeout_s,
+            connection_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=settings.timeout_s,
+        )
+
+    def _record_answer(self, response) -> None:  # type: ignore[no-untyped-def]
+        answer: _Answer = self._answers.answer
+        answer.attempts += 1
+        http = response.http_response
+        answer.status = http.status_code
+        if http.status_code >= 400:
+            try:
+                body = json.loads(http.text())
+                answer.error = f"{body.get('error', '')}: {body.get('error_description', '')}".strip(": ")
+            except (ValueError, AttributeError):
+                answer.error = ""
+
+    def get_token(self, *scopes: str, **_: object) -> AccessToken:
+        """The run's token for this audience; the first caller fetches it, the others wait for it."""
+        scope = scopes[0]
+        with self._lock:
+            lock = self._audience_locks.setdefault(scope, threading.Lock())
+        with lock:
+            if scope in self._failures:
+                raise self._failures[scope]
+            token = self._tokens.get(scope)
+            if token is None or token.expires_on <= time.time() + 5:
+                try:
+                    token = self._request(scope)
+                except SidecarError as error:
+                    self._failures[scope] = error
+                    raise
+                self._tokens[scope] = token
+            return token
+
+    def has_token(self, scope: str) -> bool:
+        return scope in self._tokens
+
+    def deadline_error(self, scope: str, seconds: float) -> UnavailableError:
+        """What to report when the deadline passed while this audience's token was still awaited."""
+        return UnavailableError(
+            f"no token for {scope.removesuffix('/.default')} from the {self.flavour} identity endpoint "
+            f"{self.endpoint} within the deadline of {seconds:g} s.",
+            fix=UNREACHABLE_FIX,
+        )
+
+    def _request(self, scope: str) -> AccessToken:
+        resource = scope.removesuffix("/.default")
+        self._answers.answer = answer = _Answer()
+        with self._lock:
+            self.requests += 1
+        try:
+            token = self._credential.get_token(scope)
+        except (AzureError, CredentialUnavailableError, ValueError) as exc:
+            raise self._failure(resource, answer, exc) from None
+        redactor.add(token.token)
+        return token
+
+    def _failure(self, resource: str, answer: _Answer, exc: Exception) -> SidecarError:
+        who = (
+            f"client id {self.client_id} (from {self.client_id_source})"
+            if self.client_id
+            else "system-assigned"
+        )
+        said = (
+            f"HTTP {answer.status}" + (f" {answer.error}" if answer.error else "")
+            if answer.status
+            else type(exc).__name__
+        )
+        where = f"the {self.flavour} identity endpoint {self.endpoint}"
+        if answer.status == 400:
+            return ConfigurationError(
+                f"{where} refused a token for {resource} for the identity {who}: {said}.",
+                fix="assign that user-assigned identity to the endpoint, or set SIDECAR_CLIENT_ID / "
+                "DEFAULT_IDENTITY_CLIENT_ID to the client id of an identity it has "
+                "(leave both unset for the system-assigned identity).",
+            )
+        if answer.status in (401, 403):
+            return ConfigurationError(
+                f"{where} rejected the token request for {resource}: {said}.",
+                fix="keep the MSI_ENDPOINT / MSI_SECRET (or IDENTITY_*) values the platform sets; do not override them.",
+            )
+        return UnavailableError(
+            f"could not get a token for {resource} from {where} for the identity {who} "
+            f"after {max(answer.attempts, 1)} attempt(s): {said}.",
+            fix=UNREACHABLE_FIX,
+        )

@@ -1,0 +1,223 @@
+"""Parse secret references out of environment values.
+
+Two forms, one meaning:
+
+* platform form, exactly Azure ML's syntax, anywhere inside a value:
+  ``${{keyvault:https://<vault>.vault.azure.net/secrets/<name>[/<version>]}}`` and
+  ``${{azureml://connections/<conn>[/target|/credentials/<name>|/metadata/<name>]}}``;
+  ``$${{`` stands for a literal ``${{``;
+* deferred form: the same URI as the whole value, without ``${{ }}``, which the
+  platform leaves for the container to resolve.
+
+Nothing here touches the network. Messages never echo a value that is not a
+reference, since it may be a secret a user typed in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+from urllib.parse import urlsplit
+
+from sidecar.clouds import VAULT_SUFFIXES, Cloud, cloud_for_vault_host
+from sidecar.errors import ConfigurationError, MalformedReferenceError, SidecarError
+
+KEYVAULT_SCHEME = "keyvault:"
+CONNECTION_PREFIX = "azureml://connections/"
+OPEN, CLOSE, ESCAPED_OPEN = "${{", "}}", "$${{"
+
+_VAULT_NAME = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]$")
+_SECRET_PATH = re.compile(r"^/secrets/(?P<name>[0-9A-Za-z-]{1,127})(?:/(?P<version>[^/]*))?/?$")
+_VERSION = re.compile(r"^[0-9a-fA-F]{32}$")
+_CONNECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$")
+_FIELD_NAME = re.compile(r"^[^/\s{}$]+$")
+
+
+@dataclass(frozen=True)
+class KeyVaultReference:
+    store: ClassVar[str] = "keyvault"
+    vault_url: str  # https://<vault><suffix>, lower-case host
+    name: str
+    version: str | None
+    cloud: Cloud
+
+    def __str__(self) -> str:
+        return f"{KEYVAULT_SCHEME}{self.vault_url}/secrets/{self.name}" + (
+            f"/{self.version}" if self.version else ""
+        )
+
+    @property
+    def location(self) -> str:
+        return self.vault_url
+
+
+@dataclass(frozen=True)
+class ConnectionReference:
+    store: ClassVar[str] = "connection"
+    connection: str
+    part: Literal["connection", "target", "credentials", "metadata"]
+    field: str | None = None
+
+    def __str__(self) -> str:
+        suffix = {"connection": "", "target": "/target"}.get(self.part, f"/{self.part}/{self.field}")
+        return f"{CONNECTION_PREFIX}{self.connection}{suffix}"
+
+    @property
+    def location(self) -> str:
+        return self.connection
+
+
+Reference = KeyVaultReference | ConnectionReference
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable whose value the sidecar rewrites: literal text and references, in order."""
+
+    name: str
+    form: Literal["platform", "deferred"]
+    parts: tuple[str | Reference, ...]
+
+    @property
+    def references(self) -> tuple[Reference, ...]:
+        return tuple(part for part in self.parts if not isinstance(part, str))
+
+
+def is_reference_candidate(value: str) -> bool:
+    """Cheap test: could this value hold a reference (or an escape) at all?"""
+    return OPEN in value or value.startswith(KEYVAULT_SCHEME) or value.startswith(CONNECTION_PREFIX)
+
+
+def parse_keyvault(uri: str) -> KeyVaultReference:
+    url = uri[len(KEYVAULT_SCHEME) :]
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "https":
+        raise MalformedReferenceError(f"reference '{uri}' must use an https:// vault URL.")
+    if parts.username or parts.password or parts.port not in (None, 443):
+        raise MalformedReferenceError(f"reference '{uri}' must not carry a user or a port in its vault URL.")
+    cloud = cloud_for_vault_host(host)
+    if cloud is None:
+        raise ConfigurationError(
+            f"reference '{uri}' names host '{host}', which is not a Key Vault host of a known cloud; "
+            "no token is sent to it.",
+            fix="use a vault URL ending in " + ", ".join(VAULT_SUFFIXES) + ".",
+        )
+    vault = host[: -len(cloud.vault_suffix)]
+    if not _VAULT_NAME.match(vault):
+        raise MalformedReferenceError(
+            f"reference '{uri}': '{vault}' is not a valid vault name (3-24 letters, digits, -)."
+        )
+    if parts.query or parts.fragment:
+        raise MalformedReferenceError(f"reference '{uri}' must not have a query or fragment.")
+    match = _SECRET_PATH.match(parts.path)
+    if not match:
+        raise MalformedReferenceError(
+            f"reference '{uri}' must have the path /secrets/<name>[/<version>] (name: 1-127 letters, digits, -)."
+        )
+    version = match["version"] or None
+    if version is not None and not _VERSION.match(version):
+        raise MalformedReferenceError(
+            f"reference '{uri}': version '{version}' is not 32 hexadecimal characters."
+        )
+    return KeyVaultReference(f"https://{host}", match["name"], version.lower() if version else None, cloud)
+
+
+def parse_connection(uri: str) -> ConnectionReference:
+    segments = uri[len(CONNECTION_PREFIX) :].split("/")
+    name, rest = segments[0], segments[1:]
+    if not _CONNECTION_NAME.match(name):
+        raise MalformedReferenceError(
+            f"reference '{uri}': '{name}' is not a valid connection name (3-33 letters, digits, _ or -)."
+        )
+    if not rest:
+        return ConnectionReference(name, "connection")
+    if rest == ["target"]:
+        return ConnectionReference(name, "target")
+    if len(rest) == 2 and rest[0] in ("credentials", "metadata") and _FIELD_NAME.match(rest[1]):
+        return ConnectionReference(name, rest[0], rest[1])  # type: ignore[arg-type]
+    raise MalformedReferenceError(
+        f"reference '{uri}' must be azureml://connections/<name>[/target|/credentials/<key>|/metadata/<key>]."
+    )
+
+
+def parse_reference(uri: str) -> Reference:
+    if uri.startswith(KEYVAULT_SCHEME):
+        return parse_keyvault(uri)
+    if uri.startswith(CONNECTION_PREFIX):
+        return parse_connection(uri)
+    raise MalformedReferenceError(
+        f"'{uri}' is not a reference: expected keyvault:https://... or azureml://connections/..."
+    )
+
+
+def parse_platform_value(value: str) -> tuple[str | Reference, ...]:
+    """Split a value into literal text and `${{...}}` references; `$${{` is a literal `${{`."""
+    parts: list[str | Reference] = []
+    text: list[str] = []
+    pos = 0
+    while True:
+        start = value.find(OPEN, pos)
+        if start < 0:
+            text.append(value[pos:])
+            break
+        if start > pos and value[start - 1] == "$":
+            text.append(value[pos : start - 1] + OPEN)
+            pos = start + len(OPEN)
+            continue
+        text.append(value[pos:start])
+        end = value.find(CLOSE, start + len(OPEN))
+        if end < 0:
+            raise MalformedReferenceError(
+                f"'{OPEN}' at offset {start} has no closing '{CLOSE}'. Write '{ESCAPED_OPEN}' for a literal '{OPEN}'."
+            )
+        inner = value[start + len(OPEN) : end].strip()
+        if not (inner.startswith(KEYVAULT_SCHEME) or inner.startswith(CONNECTION_PREFIX)):
+            raise MalformedReferenceError(
+                f"the '{OPEN}...{CLOSE}' at offset {start} is not a keyvault: or azureml://connections/ reference. "
+                f"Write '{ESCAPED_OPEN}' for a literal '{OPEN}'."
+            )
+        if text_so_far := "".join(text):
+            parts.append(text_so_far)
+        text = []
+        parts.append(parse_reference(inner))
+        pos = end + len(CLOSE)
+    if tail := "".join(text):
+        parts.append(tail)
+    return tuple(parts)
+
+
+def parse_variable(name: str, value: str) -> Variable | None:
+    """The variable's parts, or None when the value holds no reference and no escape."""
+    if value.startswith(KEYVAULT_SCHEME) or value.startswith(CONNECTION_PREFIX):
+        return Variable(name, "deferred", (parse_reference(value),))
+    if OPEN not in value:
+        return None
+    return Variable(name, "platform", parse_platform_value(value))
+
+
+def parse_environment(
+    env: Mapping[str, str], *, literal: Iterable[str] = (), skip_prefix: str = "SIDECAR_"
+) -> tuple[list[Variable], list[SidecarError]]:
+    """Every variable to rewrite, and every malformed one (each error names its variable)."""
+    literal = frozenset(literal)
+    variables: list[Variable] = []
+    errors: list[SidecarError] = []
+    for name in sorted(env):
+        if name in literal or name.startswith(skip_prefix):
+            continue
+        try:
+            variable = parse_variable(name, env[name])
+        except SidecarError as error:
+            error.variable = name
+            if not error.fix and isinstance(error, MalformedReferenceError):
+                error.fix = (
+                    f"correct the reference, or list {name} in SIDECAR_LITERAL to pass the value on as it is."
+                )
+            errors.append(error)
+            continue
+        if variable is not None:
+            variables.append(variable)
+    return variables, errors

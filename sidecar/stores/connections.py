@@ -1,0 +1,143 @@
+"""Azure ML workspace connections, through ARM List Secrets with requests.
+
+One POST per connection, however many references use it; each reference then
+picks its part (target, a credential, a metadata value, or the whole JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from urllib.parse import quote
+
+import requests
+
+from sidecar.clouds import cloud_for_arm_host
+from sidecar.errors import NotFoundError, PermissionDeniedError, SidecarError, UnavailableError
+from sidecar.identity import ManagedIdentity
+from sidecar.references import ConnectionReference
+from sidecar.settings import Workspace
+from sidecar.stores.base import (
+    CONNECT_TIMEOUT_S,
+    RETRYABLE_STATUSES,
+    Fetched,
+    Store,
+    TransientError,
+    retry_after_seconds,
+)
+
+API_VERSION = "2024-04-01"
+SECRETS_READER_ROLE = "Azure Machine Learning Workspace Connection Secrets Reader"
+
+
+def _arm_error(response: requests.Response) -> str:
+    try:
+        body = response.json().get("error", {})
+    except (ValueError, AttributeError):
+        return f"HTTP {response.status_code}"
+    message = " ".join(str(body.get("message", "")).split())[:300]
+    return f"HTTP {response.status_code} {body.get('code', '')}" + (f": {message}" if message else "")
+
+
+class ConnectionStore(Store):
+    kind = "connection"
+
+    def __init__(
+        self,
+        identity: ManagedIdentity,
+        session: requests.Session,
+        verify: str | bool,
+        arm_endpoint: str,
+        workspace: Workspace,
+    ) -> None:
+        self._identity = identity
+        self._session = session
+        self._verify = verify
+        self._arm_endpoint = arm_endpoint
+        self._scope = cloud_for_arm_host(arm_endpoint.removeprefix("https://")).arm_resource + ".default"
+        self._workspace = workspace
+        self._workspace_url = (
+            f"{arm_endpoint}/subscriptions/{quote(workspace.subscription)}"
+            f"/resourceGroups/{quote(workspace.resource_group)}"
+            f"/providers/Microsoft.MachineLearningServices/workspaces/{quote(workspace.name)}"
+        )
+
+    def key(self, reference: ConnectionReference) -> str:  # type: ignore[override]
+        return reference.connection
+
+    def location(self, key: Hashable) -> str:
+        return str(key)
+
+    def audience(self, key: Hashable) -> str:
+        return self._scope
+
+    def fetch(self, key: Hashable, timeout: float) -> Fetched:
+        where = f"connection '{key}' in workspace '{self._workspace.name}'"
+        token = self._identity.get_token(self._scope)
+        try:
+            response = self._session.post(
+                f"{self._workspace_url}/connections/{quote(str(key))}/listsecrets",
+                params={"api-version": API_VERSION},
+                headers={"Authorization": f"Bearer {token.token}", "Accept": "application/json"},
+                timeout=(min(CONNECT_TIMEOUT_S, timeout), timeout),
+                verify=self._verify,
+                allow_redirects=False,  # a token must never follow a redirect to another host
+            )
+        except requests.RequestException as exc:
+            raise TransientError(
+                UnavailableError(f"{where}: no answer from ARM ({type(exc).__name__}).")
+            ) from None
+        if response.status_code == 200:
+            try:
+                return Fetched(response.json())
+            except ValueError:
+                raise UnavailableError(f"{where}: ARM answered 200 without JSON.") from None
+        raise self._failure(response, where)
+
+    def _failure(self, response: requests.Response, where: str) -> SidecarError | TransientError:
+        said = _arm_error(response)
+        identity = self._identity.client_id or "the system-assigned identity"
+        status = response.status_code
+        if status == 404:
+            return NotFoundError(
+                f"{where}: not found ({said}).",
+                fix="check the connection name and AZUREML_ARM_SUBSCRIPTION / AZUREML_ARM_RESOURCEGROUP / "
+                "AZUREML_ARM_WORKSPACE_NAME.",
+            )
+        if status in (401, 403):
+            return PermissionDeniedError(
+                f"{where}: access denied to identity {identity} ({said}).",
+                fix=f"assign the role '{SECRETS_READER_ROLE}' on the workspace to the identity {identity}.",
+            )
+        if status in RETRYABLE_STATUSES:
+            return TransientError(
+                UnavailableError(f"{where}: {said}."), retry_after_seconds(response.headers)
+            )
+        return UnavailableError(f"{where}: unexpected answer {said}.", fix="see ARM's message above.")
+
+    def extract(self, reference: ConnectionReference, fetched: Fetched) -> str:  # type: ignore[override]
+        connection = fetched.value
+        properties = connection.get("properties") or {}
+        if reference.part == "connection":
+            return json.dumps(connection, separators=(",", ":"))
+        if reference.part == "target":
+            value = properties.get("target")
+            if value is None:
+                raise NotFoundError(f"connection '{reference.connection}' has no target.")
+            return str(value)
+        if reference.part == "credentials":
+            credentials = properties.get("credentials") or {}
+            # A CustomKeys connection keeps its names under credentials.keys.
+            fields = credentials.get("keys") if properties.get("authType") == "CustomKeys" else credentials
+        else:
+            fields = properties.get("metadata") or {}
+        fields = fields if isinstance(fields, dict) else {}
+        if reference.field not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise NotFoundError(
+                f"connection '{reference.connection}' (authType {properties.get('authType', '?')}) has no "
+                f"{reference.part} named '{reference.field}'; it has: {known}.",
+                fix="use one of those names in the reference.",
+            )
+        value = fields[reference.field]
+        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,138 @@
+"""Key Vault, through azure-keyvault-secrets' SecretClient: one client per vault.
+
+TLS verification and challenge-resource verification stay on; the SDK's own
+retries are off (retry_total=0) so that `sidecar.resolve` is the one retry layer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Hashable
+from urllib.parse import urlsplit
+
+import requests
+from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+from azure.core.pipeline.transport import RequestsTransport
+from azure.keyvault.secrets import SecretClient
+
+from sidecar.clouds import cloud_for_vault_host
+from sidecar.errors import (
+    ConfigurationError,
+    NotFoundError,
+    PermissionDeniedError,
+    SidecarError,
+    UnavailableError,
+)
+from sidecar.identity import ManagedIdentity
+from sidecar.references import KeyVaultReference
+from sidecar.stores.base import (
+    CONNECT_TIMEOUT_S,
+    RETRYABLE_STATUSES,
+    Fetched,
+    Store,
+    TransientError,
+    retry_after_seconds,
+)
+
+SECRETS_USER_ROLE = "Key Vault Secrets User"
+Key = tuple[str, str, str | None]  # vault URL, secret name, version (None: latest)
+
+
+def _error_codes(error: HttpResponseError) -> tuple[str, str, str]:
+    """(code, inner code, message) from Key Vault's error body; never a value."""
+    try:
+        body = json.loads(error.response.text()).get("error", {})
+    except (ValueError, AttributeError):
+        return "", "", ""
+    inner = body.get("innererror") or {}
+    message = " ".join(str(body.get("message", "")).split())[:300]
+    return body.get("code", ""), inner.get("code", ""), message
+
+
+class KeyVaultStore(Store):
+    kind = "keyvault"
+    first_fetch_alone = True
+
+    def __init__(self, identity: ManagedIdentity, session: requests.Session, verify: str | bool) -> None:
+        self._identity = identity
+        self._session = session
+        self._verify = verify
+        self._clients: dict[str, SecretClient] = {}
+        self._lock = threading.Lock()
+
+    def key(self, reference: KeyVaultReference) -> Key:  # type: ignore[override]
+        return (reference.vault_url, reference.name, reference.version)
+
+    def location(self, key: Hashable) -> str:
+        return key[0]  # type: ignore[index]
+
+    def audience(self, key: Hashable) -> str:
+        cloud = cloud_for_vault_host(urlsplit(key[0]).hostname or "")  # type: ignore[index]
+        assert cloud is not None, "references are checked against the known clouds when parsed"
+        return cloud.vault_resource + "/.default"
+
+    def _client(self, vault_url: str) -> SecretClient:
+        with self._lock:
+            client = self._clients.get(vault_url)
+            if client is None:
+                client = self._clients[vault_url] = SecretClient(
+                    vault_url,
+                    self._identity,
+                    transport=RequestsTransport(session=self._session, session_owner=False),
+                    connection_verify=self._verify,
+                    verify_challenge_resource=True,
+                    retry_total=0,
+                )
+            return client
+
+    def fetch(self, key: Hashable, timeout: float) -> Fetched:
+        vault_url, name, version = key  # type: ignore[misc]
+        where = f"vault {vault_url}, secret '{name}'" + (f" version {version}" if version else " (latest)")
+        try:
+            secret = self._client(vault_url).get_secret(
+                name,
+                version,
+                connection_timeout=min(CONNECT_TIMEOUT_S, timeout),
+                read_timeout=timeout,
+            )
+        except SidecarError:
+            raise  # the identity's own, already explained
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise TransientError(
+                UnavailableError(f"{where}: no answer from the vault ({type(exc).__name__}).")
+            ) from None
+        except HttpResponseError as exc:
+            raise self._failure(exc, where) from None
+        except ValueError as exc:  # the SDK refused the challenge: the host and the token audience disagree
+            raise ConfigurationError(
+                f"{where}: the vault's authentication challenge does not match its host ({exc}); no token was sent.",
+                fix="check that the vault URL is the vault's own DNS name.",
+            ) from None
+        return Fetched(secret.value if secret.value is not None else "", secret.properties.version)
+
+    def _failure(self, exc: HttpResponseError, where: str) -> SidecarError | TransientError:
+        status = exc.status_code or 0
+        code, inner, message = _error_codes(exc)
+        said = f"HTTP {status} {code}" + (f"/{inner}" if inner else "") + (f": {message}" if message else "")
+        identity = self._identity.client_id or "the system-assigned identity"
+        if status == 404:
+            return NotFoundError(
+                f"{where}: not found ({said}).",
+                fix="check the secret name and version, or create the secret in that vault.",
+            )
+        if status == 403 and inner == "SecretDisabled":
+            return PermissionDeniedError(
+                f"{where}: the secret is disabled ({said}).", fix="enable that secret version."
+            )
+        if status in (401, 403):
+            return PermissionDeniedError(
+                f"{where}: access denied to identity {identity} ({said}).",
+                fix=f"assign the role '{SECRETS_USER_ROLE}' on the vault to the identity {identity} "
+                "(or grant it 'get' in the vault's access policies).",
+            )
+        if status in RETRYABLE_STATUSES:
+            return TransientError(
+                UnavailableError(f"{where}: {said}."), retry_after_seconds(exc.response.headers)
+            )
+        return UnavailableError(f"{where}: unexpected answer {said}.", fix="see the vault's message above.")

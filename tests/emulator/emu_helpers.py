@@ -1,0 +1,50 @@
+"""Names from the default fixture and small helpers shared by the emulator tests."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+SYSTEM = "11111111-1111-4111-8111-111111111111"
+USER = "22222222-2222-4222-8222-222222222222"
+NOROLES = "33333333-3333-4333-8333-333333333333"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+VAULT = "https://contoso-kv.vault.azure.net"
+KV_RESOURCE = "https://vault.azure.net"
+ARM = "https://management.azure.com"
+ARM_RESOURCE = "https://management.azure.com/"
+WS_MAIN = (
+    "/subscriptions/00000000-0000-4000-8000-0000000000a1/resourceGroups/rg-ml/providers/"
+    "Microsoft.MachineLearningServices/workspaces/ws-main"
+)
+KV_API = {"api-version": "7.4"}
+ARM_API = {"api-version": "2024-04-01"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def raw_tls_exchange(port: int, ca_bundle: str, host: str, request: bytes) -> bytes:
+    """Send one request over TLS through memory BIOs, reading the TCP socket directly.
+
+    Python's ssl module reports a peer's RST after the handshake as a clean EOF; reading the
+    socket ourselves surfaces it as ConnectionResetError, so a test can tell RST from FIN.
+    """
+    context = ssl.create_default_context(cafile=ca_bundle)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=host)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(request)
+        sock.sendall(outgoing.read())
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+        return received

@@ -1,0 +1,72 @@
+"""Fixture validation and secret_values, without a process."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from azure_emulator.fixture import DEFAULT_FIXTURE, FixtureError, build, read_raw, secret_values
+
+
+@pytest.fixture
+def raw():
+    return copy.deepcopy(read_raw(DEFAULT_FIXTURE))
+
+
+def test_default_fixture_builds(raw):
+    fixture = build(raw)
+    assert fixture.default_identity.name == "system"
+    assert fixture.vaults["contoso-kv"].secrets["openai-key"].latest.value == "fake-openai-key-v3"
+    assert fixture.vaults_by_host["contoso-kv-gov.vault.usgovcloudapi.net"].cloud.name == "usgov"
+    assert fixture.throttle.limit == 4000 and fixture.throttle.window_s == 10
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.pop("tenant_id"), r"fixture\.tenant_id: required"),
+        (lambda r: r["vaults"]["contoso-kv"].update(cloud="mars"), r"vaults\.contoso-kv\.cloud: must be one of"),
+        (
+            lambda r: r["vaults"]["contoso-kv"]["secrets"]["openai-key"]["versions"][0].update(id="ABC"),
+            r"openai-key\.versions\[0\]\.id: must be 32 lowercase hex",
+        ),
+        (lambda r: r["identities"]["user"].update(default=True), "only one may be the default"),
+        (
+            lambda r: r["identities"]["user"]["roles"]["Key Vault Secrets User"].append("nope-kv"),
+            r"identities\.user\.roles\.Key Vault Secrets User: 'nope-kv' is not defined",
+        ),
+        (
+            lambda r: r["workspaces"]["ws-main"]["connections"]["custom-conn"]["credentials"].pop("keys"),
+            "CustomKeys connection needs a mapping of keys",
+        ),
+        (lambda r: r["faults"].append({"kind": "imds"}), r"faults\[0\]: a fault needs"),
+        (lambda r: r.update(throttle={"limit": 0}), "throttle: limit must be a positive integer"),
+        (lambda r: r.update(surprise=1), r"unknown keys \['surprise'\]"),
+    ],
+)
+def test_validation_names_the_bad_entry(raw, change, message):
+    change(raw)
+    with pytest.raises(FixtureError, match=message):
+        build(raw)
+
+
+def test_secret_values_covers_secrets_credentials_keys_and_msi_secret():
+    values = secret_values(DEFAULT_FIXTURE)
+    expected = {
+        "fake-openai-key-v1",
+        "fake-openai-key-v3",
+        "fake-db-password-7Qx",
+        "fake-disabled-value",
+        "fake\x00nul",
+        "fake-line-1\nfake-line-2",
+        "fake-restricted-value",
+        "fake-gov-value",
+        "fake-aoai-key-123",
+        "fake-custom-api-key",
+        "fake-custom-other",
+        "fake-userpass-pw",
+        "fake-locked-key",
+        "fake-msi-secret-for-emulator",
+    }
+    assert expected <= values
+    assert "https://contoso-aoai.openai.azure.com/" not in values  # targets are not secret
