@@ -14,7 +14,7 @@ $(STAMP): requirements.txt requirements-dev.txt docker/emulator/requirements.txt
 
 ## demo: the main job: the emulator, and the sidecar wrapping the sample scoring server
 demo: $(STAMP)
-	$(BIN)/python docker/demo.py
+	$(BIN)/python docker/demo/run.py
 
 ## test: lint and the whole test suite (CI runs exactly this)
 test: $(STAMP)

@@ -78,9 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
-    commands = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=_ArgumentParser
-    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_ArgumentParser)
     run = commands.add_parser(
         "exec",
         help="resolve every reference, then replace this process with CMD",
@@ -102,9 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=REFERENCE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument(
-        "--format", choices=("table", "json"), default="table", help="output format (default: table)"
-    )
+    check.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     return parser
 
 
@@ -129,9 +125,7 @@ def _find_command(command: str, path: str | None) -> str:
                 f"command '{command}' was found at {candidate} but is not executable.",
                 fix="make it executable (chmod +x).",
             )
-    raise CommandNotFoundError(
-        f"command '{command}' was not found on PATH.", fix="install it or give its full path."
-    )
+    raise CommandNotFoundError(f"command '{command}' was not found on PATH.", fix="install it or give its full path.")
 
 
 def _exit(code: int) -> NoReturn:
@@ -165,8 +159,7 @@ def _print_check(report, fmt: str) -> None:  # type: ignore[no-untyped-def]
             {
                 "name": variable.name,
                 "store": ",".join(sorted({reference.store for reference in variable.references})) or "-",
-                "reference": " ".join(str(reference) for reference in variable.references)
-                or "(escapes only)",
+                "reference": " ".join(str(reference) for reference in variable.references) or "(escapes only)",
                 "version": ",".join(resolution.versions) or "-",
                 "length": len(resolution.value) if resolution.value is not None else None,
                 "status": error.status if error else "ok",
@@ -208,13 +201,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         settings = load_settings()
         logs.configure(settings.log_format, settings.log_level)
+        log.info("start", command=args.command, version=__version__, pid=os.getpid())
         if args.command == "exec":
             _exec(args.cmd, settings)
         _check(settings, args.format)
     except SidecarError as error:
-        log.error(
-            "failed", status=error.status, exit_code=error.exit_code, error=error.message, fix=error.fix
-        )
+        log.error("failed", status=error.status, exit_code=error.exit_code, error=error.message, fix=error.fix)
         _exit(error.exit_code)
 
 
@@ -248,7 +240,5 @@ def _exec(argv: list[str], settings) -> NoReturn:  # type: ignore[no-untyped-def
     try:
         os.execve(path, argv, env)
     except OSError as exc:
-        error_class = (
-            CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandNotExecutableError
-        )
+        error_class = CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandNotExecutableError
         raise error_class(f"could not exec '{argv[0]}': {exc.strerror}.", fix="check CMD.") from None

@@ -144,9 +144,7 @@ class ConnectToAdapter(HTTPAdapter):
                 first = (host, port) not in self._announced
                 self._announced.add((host, port))
             if first:
-                log.warning(
-                    "connect_to", host=host, port=port, connects_to=f"{rule.address}:{rule.address_port}"
-                )
+                log.warning("connect_to", host=host, port=port, connects_to=f"{rule.address}:{rule.address_port}")
         return super().send(request, *args, **kwargs)
 
 

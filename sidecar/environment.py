@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from sidecar.errors import MalformedReferenceError, SidecarError
 from sidecar.plan import FetchId, Plan
 from sidecar.references import Variable
 from sidecar.resolve import Outcome
 from sidecar.settings import PREFIX
+from sidecar.stores.base import Fetched
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Resolution:
     value: str | None = None
     errors: list[SidecarError] = field(default_factory=list)
     versions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     ms: float = 0.0
     attempts: int = 0
 
@@ -50,6 +53,16 @@ def _env_safe(value: str, reference: str) -> None:
         ) from None
 
 
+def _validity_warnings(reference: str, fetched: Fetched) -> list[str]:
+    now = datetime.now(timezone.utc)
+    warnings = []
+    if fetched.expires_on and fetched.expires_on <= now:
+        warnings.append(f"{reference} expired at {fetched.expires_on.isoformat()}")
+    if fetched.not_before and fetched.not_before > now:
+        warnings.append(f"{reference} is not valid before {fetched.not_before.isoformat()}")
+    return warnings
+
+
 def resolve_variables(plan: Plan, outcomes: Mapping[FetchId, Outcome]) -> list[Resolution]:
     resolutions = []
     for variable in plan.variables:
@@ -73,6 +86,7 @@ def resolve_variables(plan: Plan, outcomes: Mapping[FetchId, Outcome]) -> list[R
                 continue
             if outcome.fetched.version:
                 resolution.versions.append(outcome.fetched.version)
+            resolution.warnings += _validity_warnings(str(part), outcome.fetched)
             pieces.append(value)
         if resolution.ok:
             resolution.value = "".join(pieces)

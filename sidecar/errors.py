@@ -32,9 +32,7 @@ class SidecarError(Exception):
 
     def for_variable(self, variable: str, reference: str | None = None) -> SidecarError:
         """A copy that names the variable (and reference) it failed for: one fetch can fail several."""
-        return type(self)(
-            self.message, variable=variable, reference=reference or self.reference, fix=self.fix
-        )
+        return type(self)(self.message, variable=variable, reference=reference or self.reference, fix=self.fix)
 
     def __str__(self) -> str:
         text = self.message

@@ -121,6 +121,13 @@ class ManagedIdentity:
                 self._tokens[scope] = token
             return token
 
+    @property
+    def description(self) -> str:
+        """How messages name the identity: by client id where there is one."""
+        if self.client_id:
+            return f"the identity with client id {self.client_id} (from {self.client_id_source})"
+        return "the endpoint's system-assigned identity"
+
     def has_token(self, scope: str) -> bool:
         return scope in self._tokens
 
@@ -145,11 +152,6 @@ class ManagedIdentity:
         return token
 
     def _failure(self, resource: str, answer: _Answer, exc: Exception) -> SidecarError:
-        who = (
-            f"client id {self.client_id} (from {self.client_id_source})"
-            if self.client_id
-            else "system-assigned"
-        )
         said = (
             f"HTTP {answer.status}" + (f" {answer.error}" if answer.error else "")
             if answer.status
@@ -158,7 +160,7 @@ class ManagedIdentity:
         where = f"the {self.flavour} identity endpoint {self.endpoint}"
         if answer.status == 400:
             return ConfigurationError(
-                f"{where} refused a token for {resource} for the identity {who}: {said}.",
+                f"{where} refused a token for {resource} for {self.description}: {said}.",
                 fix="assign that user-assigned identity to the endpoint, or set SIDECAR_CLIENT_ID / "
                 "DEFAULT_IDENTITY_CLIENT_ID to the client id of an identity it has "
                 "(leave both unset for the system-assigned identity).",
@@ -166,10 +168,11 @@ class ManagedIdentity:
         if answer.status in (401, 403):
             return ConfigurationError(
                 f"{where} rejected the token request for {resource}: {said}.",
-                fix="keep the MSI_ENDPOINT / MSI_SECRET (or IDENTITY_*) values the platform sets; do not override them.",
+                fix="keep the MSI_ENDPOINT / MSI_SECRET (or IDENTITY_*) values the platform sets; "
+                "do not override them.",
             )
         return UnavailableError(
-            f"could not get a token for {resource} from {where} for the identity {who} "
+            f"could not get a token for {resource} from {where} for {self.description} "
             f"after {max(answer.attempts, 1)} attempt(s): {said}.",
             fix=UNREACHABLE_FIX,
         )

@@ -62,13 +62,17 @@ class Redactor:
             return item
         return self.scrub(str(item))
 
-    def __call__(
-        self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         return {key: self._scrub_any(value) for key, value in event_dict.items()}
 
 
 redactor = Redactor()
+
+
+def _event_first(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Put time, level and event first, so a line reads left to right."""
+    head = {key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict}
+    return {**head, **event_dict}
 
 
 def configure(log_format: str = "json", level: str = "info") -> None:
@@ -92,6 +96,7 @@ def configure(log_format: str = "json", level: str = "info") -> None:
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
                 redactor,
+                _event_first,
                 renderer,
             ],
         )

@@ -107,6 +107,8 @@ def log_report(report: Report) -> None:
     """One event per variable, then a summary; never a value."""
     for resolution in report.resolutions:
         variable = resolution.variable
+        for warning in resolution.warnings:
+            log.warning("validity", variable=variable.name, warning=warning, note="Key Vault returned it all the same")
         if resolution.ok:
             log.info(
                 "resolved",

@@ -28,11 +28,7 @@ class Plan:
     @property
     def audiences(self) -> list[str]:
         return sorted(
-            {
-                self.stores[kind].audience(keys[0])
-                for kind, groups in self.fetches.items()
-                for keys in groups.values()
-            }
+            {self.stores[kind].audience(keys[0]) for kind, groups in self.fetches.items() for keys in groups.values()}
         )
 
 

@@ -44,9 +44,7 @@ class KeyVaultReference:
     cloud: Cloud
 
     def __str__(self) -> str:
-        return f"{KEYVAULT_SCHEME}{self.vault_url}/secrets/{self.name}" + (
-            f"/{self.version}" if self.version else ""
-        )
+        return f"{KEYVAULT_SCHEME}{self.vault_url}/secrets/{self.name}" + (f"/{self.version}" if self.version else "")
 
     @property
     def location(self) -> str:
@@ -119,9 +117,7 @@ def parse_keyvault(uri: str) -> KeyVaultReference:
         )
     version = match["version"] or None
     if version is not None and not _VERSION.match(version):
-        raise MalformedReferenceError(
-            f"reference '{uri}': version '{version}' is not 32 hexadecimal characters."
-        )
+        raise MalformedReferenceError(f"reference '{uri}': version '{version}' is not 32 hexadecimal characters.")
     return KeyVaultReference(f"https://{host}", match["name"], version.lower() if version else None, cloud)
 
 
@@ -213,9 +209,7 @@ def parse_environment(
         except SidecarError as error:
             error.variable = name
             if not error.fix and isinstance(error, MalformedReferenceError):
-                error.fix = (
-                    f"correct the reference, or list {name} in SIDECAR_LITERAL to pass the value on as it is."
-                )
+                error.fix = f"correct the reference, or list {name} in SIDECAR_LITERAL to pass the value on as it is."
             errors.append(error)
             continue
         if variable is not None:

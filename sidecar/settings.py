@@ -58,9 +58,7 @@ def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool)
         value = 0
     if value <= 0:
         kind = "a whole number" if integer else "a number of seconds"
-        raise ConfigurationError(
-            f"{name}={text!r} is not {kind} above 0.", fix=f"set {name} to e.g. {default:g}."
-        )
+        raise ConfigurationError(f"{name}={text!r} is not {kind} above 0.", fix=f"set {name} to e.g. {default:g}.")
     return value
 
 
@@ -76,12 +74,7 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
 def _arm_endpoint(env: Mapping[str, str]) -> str:
     text = env.get("SIDECAR_ARM_ENDPOINT", "").strip() or DEFAULT_ARM_ENDPOINT
     parts = urlsplit(text)
-    if (
-        parts.scheme != "https"
-        or (parts.hostname or "") not in ARM_HOSTS
-        or parts.path.strip("/")
-        or parts.port
-    ):
+    if parts.scheme != "https" or (parts.hostname or "") not in ARM_HOSTS or parts.path.strip("/") or parts.port:
         raise ConfigurationError(
             f"SIDECAR_ARM_ENDPOINT={text!r} is not an Azure Resource Manager endpoint of a known cloud.",
             fix="use one of " + ", ".join(f"https://{host}" for host in sorted(ARM_HOSTS)) + ".",
@@ -119,8 +112,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         arm_endpoint=_arm_endpoint(env),
         workspace=None if missing else Workspace(*values),
         workspace_missing=missing,
-        literal_variables=frozenset(
-            name.strip() for name in env.get("SIDECAR_LITERAL", "").split(",") if name.strip()
-        ),
+        literal_variables=frozenset(name.strip() for name in env.get("SIDECAR_LITERAL", "").split(",") if name.strip()),
         ca_bundle=env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or None,
     )

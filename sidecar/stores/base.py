@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 from sidecar.errors import UnavailableError
@@ -29,6 +30,9 @@ class Fetched:
 
     value: Any
     version: str | None = None
+    # Key Vault returns a secret outside its validity window all the same; the sidecar warns.
+    expires_on: datetime | None = None
+    not_before: datetime | None = None
 
 
 class TransientError(Exception):

@@ -84,9 +84,7 @@ class ConnectionStore(Store):
                 allow_redirects=False,  # a token must never follow a redirect to another host
             )
         except requests.RequestException as exc:
-            raise TransientError(
-                UnavailableError(f"{where}: no answer from ARM ({type(exc).__name__}).")
-            ) from None
+            raise TransientError(UnavailableError(f"{where}: no answer from ARM ({type(exc).__name__}).")) from None
         if response.status_code == 200:
             try:
                 return Fetched(response.json())
@@ -96,7 +94,7 @@ class ConnectionStore(Store):
 
     def _failure(self, response: requests.Response, where: str) -> SidecarError | TransientError:
         said = _arm_error(response)
-        identity = self._identity.client_id or "the system-assigned identity"
+        identity = self._identity.description
         status = response.status_code
         if status == 404:
             return NotFoundError(
@@ -106,13 +104,11 @@ class ConnectionStore(Store):
             )
         if status in (401, 403):
             return PermissionDeniedError(
-                f"{where}: access denied to identity {identity} ({said}).",
-                fix=f"assign the role '{SECRETS_READER_ROLE}' on the workspace to the identity {identity}.",
+                f"{where}: access denied to {identity} ({said}).",
+                fix=f"assign the role '{SECRETS_READER_ROLE}' on the workspace to {identity}.",
             )
         if status in RETRYABLE_STATUSES:
-            return TransientError(
-                UnavailableError(f"{where}: {said}."), retry_after_seconds(response.headers)
-            )
+            return TransientError(UnavailableError(f"{where}: {said}."), retry_after_seconds(response.headers))
         return UnavailableError(f"{where}: unexpected answer {said}.", fix="see ARM's message above.")
 
     def extract(self, reference: ConnectionReference, fetched: Fetched) -> str:  # type: ignore[override]

@@ -109,13 +109,19 @@ class KeyVaultStore(Store):
                 f"{where}: the vault's authentication challenge does not match its host ({exc}); no token was sent.",
                 fix="check that the vault URL is the vault's own DNS name.",
             ) from None
-        return Fetched(secret.value if secret.value is not None else "", secret.properties.version)
+        properties = secret.properties
+        return Fetched(
+            secret.value if secret.value is not None else "",
+            properties.version,
+            expires_on=properties.expires_on,
+            not_before=properties.not_before,
+        )
 
     def _failure(self, exc: HttpResponseError, where: str) -> SidecarError | TransientError:
         status = exc.status_code or 0
         code, inner, message = _error_codes(exc)
         said = f"HTTP {status} {code}" + (f"/{inner}" if inner else "") + (f": {message}" if message else "")
-        identity = self._identity.client_id or "the system-assigned identity"
+        identity = self._identity.description
         if status == 404:
             return NotFoundError(
                 f"{where}: not found ({said}).",
@@ -127,12 +133,10 @@ class KeyVaultStore(Store):
             )
         if status in (401, 403):
             return PermissionDeniedError(
-                f"{where}: access denied to identity {identity} ({said}).",
-                fix=f"assign the role '{SECRETS_USER_ROLE}' on the vault to the identity {identity} "
+                f"{where}: access denied to {identity} ({said}).",
+                fix=f"assign the role '{SECRETS_USER_ROLE}' on the vault to {identity} "
                 "(or grant it 'get' in the vault's access policies).",
             )
         if status in RETRYABLE_STATUSES:
-            return TransientError(
-                UnavailableError(f"{where}: {said}."), retry_after_seconds(exc.response.headers)
-            )
+            return TransientError(UnavailableError(f"{where}: {said}."), retry_after_seconds(exc.response.headers))
         return UnavailableError(f"{where}: unexpected answer {said}.", fix="see the vault's message above.")

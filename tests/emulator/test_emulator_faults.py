@@ -150,8 +150,7 @@ def test_429s_do_not_count_toward_the_limit(emulator, https, token):
 
 
 def test_default_throttle_is_key_vaults_real_limit(emulator):
-    emulator.admin.reset()
-    from azure_emulator.admin import AdminClient
-
-    described = AdminClient(emulator.http_url)._call("GET", "throttle")
-    assert described["default"] == {"limit": 4000, "window_s": 10.0, "retry_after": None}
+    assert emulator.admin.throttle() == {
+        "default": {"limit": 4000, "window_s": 10.0, "retry_after": None},
+        "vaults": {},
+    }

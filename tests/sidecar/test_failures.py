@@ -90,7 +90,9 @@ def test_disabled_secret_is_77(run_sidecar):
 
 
 def test_connection_permission_denied_is_77_and_names_the_role(run_sidecar):
-    run = run_sidecar({"K": "azureml://connections/locked-conn/credentials/key", "AZUREML_ARM_WORKSPACE_NAME": "ws-locked"})
+    run = run_sidecar(
+        {"K": "azureml://connections/locked-conn/credentials/key", "AZUREML_ARM_WORKSPACE_NAME": "ws-locked"}
+    )
     failure = assert_failed(run, 77, "K")
     assert "Azure Machine Learning Workspace Connection Secrets Reader" in failure["fix"]
 
@@ -131,7 +133,11 @@ def test_unreachable_identity_endpoint_is_69(run_sidecar):
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     run = run_sidecar(
-        {"K": kv("db-password"), "AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://127.0.0.1:{port}", "SIDECAR_TIMEOUT": "4"}
+        {
+            "K": kv("db-password"),
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://127.0.0.1:{port}",
+            "SIDECAR_TIMEOUT": "4",
+        }
     )
     failure = assert_failed(run, 69, "K")
     assert "identity endpoint" in failure["error"]
@@ -139,7 +145,9 @@ def test_unreachable_identity_endpoint_is_69(run_sidecar):
 
 @pytest.mark.parametrize("flavour", ["imds", "azureml"])
 def test_unknown_client_id_is_78(run_sidecar, flavour):
-    run = run_sidecar({"K": kv("db-password"), "SIDECAR_CLIENT_ID": "44444444-4444-4444-8444-444444444444"}, flavour=flavour)
+    run = run_sidecar(
+        {"K": kv("db-password"), "SIDECAR_CLIENT_ID": "44444444-4444-4444-8444-444444444444"}, flavour=flavour
+    )
     failure = assert_failed(run, 78, "K")
     assert "44444444-4444-4444-8444-444444444444" in failure["error"]
 
@@ -224,7 +232,11 @@ def test_a_malformed_reference_wins_and_stops_before_the_network(run_sidecar, em
 
 def test_every_fetch_failure_is_reported_and_77_comes_before_66(run_sidecar):
     run = run_sidecar(
-        {"A": kv("no-such-secret"), "B": kv("other", vault="https://restricted-kv.vault.azure.net"), "OK": kv("db-password")}
+        {
+            "A": kv("no-such-secret"),
+            "B": kv("other", vault="https://restricted-kv.vault.azure.net"),
+            "OK": kv("db-password"),
+        }
     )
     assert run.returncode == 77, run.stderr
     assert {event["variable"] for event in run.failures()} == {"A", "B"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from conftest import KV, NOROLES_ID, SYSTEM_ID, USER_ID
@@ -39,8 +40,14 @@ def test_the_command_runs_in_the_sidecars_process_with_resolved_values(run_sidec
             f"{platform(kv('openai-key', OPENAI_V1))}|{platform(kv('db-password'))}|{platform(kv('openai-key'))}",
             "fake-openai-key-v1|fake-db-password-7Qx|fake-openai-key-v3",
         ),
-        ("literal $${{ not a reference }} and " + platform(kv("db-password")), "literal ${{ not a reference }} and fake-db-password-7Qx"),
-        ("price: $${{keyvault:https://x.vault.azure.net/secrets/y}}", "price: ${{keyvault:https://x.vault.azure.net/secrets/y}}"),
+        (
+            "literal $${{ not a reference }} and " + platform(kv("db-password")),
+            "literal ${{ not a reference }} and fake-db-password-7Qx",
+        ),
+        (
+            "price: $${{keyvault:https://x.vault.azure.net/secrets/y}}",
+            "price: ${{keyvault:https://x.vault.azure.net/secrets/y}}",
+        ),
         (platform("azureml://connections/aoai-conn/credentials/key"), "fake-aoai-key-123"),
         ("azureml://connections/aoai-conn/credentials/key", "fake-aoai-key-123"),
         (platform("azureml://connections/aoai-conn/target"), "https://contoso-aoai.openai.azure.com/"),
@@ -248,3 +255,29 @@ def test_debug_logging_of_the_sdks_leaks_nothing(run_sidecar, emulator):
     assert "Bearer emu" not in run.stderr
     for entry in emulator.admin.requests(kind="msi"):
         assert entry["status"] == 200
+
+
+def test_other_variables_pass_byte_for_byte_even_when_not_utf8(run_sidecar):
+    odd = b"\xff\xfe not utf-8 \x80"
+    run = run_sidecar({"K": kv("db-password"), "ODD": odd})  # type: ignore[dict-item]
+    assert run.returncode == 0, run.stderr
+    assert bytes.fromhex(run.child["raw"]["ODD"]) == odd
+
+
+def test_secrets_outside_their_validity_window_resolve_with_a_warning(run_sidecar):
+    run = run_sidecar({"OLD": kv("expired-secret"), "NEW": kv("future-secret")})
+    assert run.returncode == 0, run.stderr
+    assert run.child_env["OLD"] == "fake-expired-value"
+    warnings = {event["variable"]: event["warning"] for event in run.events if event["event"] == "validity"}
+    assert "expired at 2020-01-01" in warnings["OLD"]
+    assert "not valid before 2099-01-01" in warnings["NEW"]
+
+
+def test_arguments_reach_the_command_unchanged(run_sidecar, tmp_path):
+    record = tmp_path / "args.json"
+    from conftest import RECORDER
+
+    args = ["--flag", "${{keyvault:https://contoso-kv.vault.azure.net/secrets/db-password}}", "", "two words"]
+    run = run_sidecar({"K": kv("db-password")}, cmd=[sys.executable, str(RECORDER), str(record), *args])
+    assert run.returncode == 0, run.stderr
+    assert json.loads(record.read_text())["argv"] == args, "arguments are not references: only the environment is"

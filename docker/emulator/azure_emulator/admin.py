@@ -120,6 +120,10 @@ class AdminClient:
     def clear_faults(self) -> None:
         self._call("DELETE", "faults")
 
+    def throttle(self) -> dict[str, Any]:
+        """The throttle in force: {"default": rule, "vaults": {name: rule}}."""
+        return self._call("GET", "throttle")
+
     def set_throttle(
         self, vault: str | None, limit: int, window_s: float, retry_after: float | None = None
     ) -> dict[str, Any]:

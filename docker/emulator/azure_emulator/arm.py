@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from azure_emulator.clouds import CLOUDS, Cloud
-from azure_emulator.fixture import ROLE_CONNECTION_READER, Connection, Workspace
+from azure_emulator.model import ROLE_CONNECTION_READER, Connection, Workspace
 from azure_emulator.state import State
 from azure_emulator.tokens import ExpiredToken, InvalidToken, WrongTenant
 from azure_emulator.web import Request, Response, azure_error, json_response

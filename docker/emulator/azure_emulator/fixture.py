@@ -12,14 +12,24 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from azure_emulator.clouds import CLOUDS, Cloud
-from azure_emulator.faults import Fault, ThrottleRule, parse_fault, parse_throttle_rule
+from azure_emulator.faults import parse_fault, parse_throttle_rule
+from azure_emulator.model import (
+    ROLE_CONNECTION_READER,
+    ROLE_SECRETS_USER,
+    Connection,
+    Fixture,
+    Identity,
+    Secret,
+    SecretVersion,
+    Vault,
+    Workspace,
+)
 
 DEFAULT_FIXTURE = Path(__file__).resolve().parent.parent / "fixture.yaml"
 
@@ -47,90 +57,10 @@ AUTH_TYPES = {
     "OAuth2",
     "AAD",
 }
-ROLE_SECRETS_USER = "Key Vault Secrets User"
-ROLE_CONNECTION_READER = "Azure Machine Learning Workspace Connection Secrets Reader"
 
 
 class FixtureError(ValueError):
     """The fixture is invalid; the message names the path of the bad entry."""
-
-
-@dataclass(frozen=True)
-class SecretVersion:
-    version: str
-    value: str
-    enabled: bool
-    created: int
-    updated: int
-    exp: int | None
-    nbf: int | None
-    content_type: str | None
-    tags: dict[str, str] | None
-
-
-@dataclass(frozen=True)
-class Secret:
-    name: str
-    versions: dict[str, SecretVersion]
-    latest: SecretVersion
-
-
-@dataclass(frozen=True)
-class Vault:
-    name: str
-    cloud: Cloud
-    secrets: dict[str, Secret]
-
-    @property
-    def host(self) -> str:
-        return self.name.lower() + self.cloud.vault_suffix
-
-
-@dataclass(frozen=True)
-class Connection:
-    name: str
-    properties: dict[str, Any]  # authType, category, credentials, target, metadata, expiryTime, ...
-    created: str
-
-
-@dataclass(frozen=True)
-class Workspace:
-    name: str
-    subscription: str
-    resource_group: str
-    cloud: Cloud
-    connections: dict[str, Connection]
-
-    @property
-    def arm_id(self) -> str:
-        return (
-            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
-            f"/providers/Microsoft.MachineLearningServices/workspaces/{self.name}"
-        )
-
-
-@dataclass(frozen=True)
-class Identity:
-    name: str
-    client_id: str  # lower-case
-    default: bool
-    vaults: frozenset[str]  # "Key Vault Secrets User" on these vaults
-    workspaces: frozenset[str]  # "... Workspace Connection Secrets Reader" on these workspaces
-
-
-@dataclass(frozen=True)
-class Fixture:
-    tenant_id: str
-    token_lifetime_s: int
-    msi_secret: str
-    identities: dict[str, Identity]  # by lower-case client id
-    default_identity: Identity | None
-    vaults: dict[str, Vault]  # by vault name
-    vaults_by_host: dict[str, Vault]
-    workspaces: dict[str, Workspace]  # by workspace name
-    faults: list[Fault]
-    throttle: ThrottleRule
-    vault_throttles: dict[str, ThrottleRule] = field(default_factory=dict)
 
 
 def read_raw(path: str | Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from azure_emulator.fixture import ROLE_SECRETS_USER, Secret, SecretVersion, Vault
+from azure_emulator.model import ROLE_SECRETS_USER, Secret, SecretVersion, Vault
 from azure_emulator.state import State
 from azure_emulator.tokens import ExpiredToken, InvalidToken, WrongTenant
 from azure_emulator.web import Request, Response, azure_error, json_response

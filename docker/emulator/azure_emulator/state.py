@@ -11,7 +11,7 @@ from typing import Any
 
 from azure_emulator import fixture as fixture_module
 from azure_emulator.faults import FaultTable, Throttle
-from azure_emulator.fixture import Fixture, Identity
+from azure_emulator.model import Fixture, Identity
 from azure_emulator.tokens import Claims, TokenIssuer
 
 LOG_LIMIT = 200_000  # request-log entries kept; counters are never truncated

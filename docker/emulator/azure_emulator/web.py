@@ -41,7 +41,9 @@ def json_response(status: int, payload: Any, headers: Mapping[str, str] | None =
     )
 
 
-def azure_error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **facts: Any):
+def azure_error(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **facts: Any
+) -> Response:
     """The `{"error": {"code", "message"}}` shape Key Vault and ARM both use."""
     return json_response(status, {"error": {"code": code, "message": message}}, headers, **facts)
 
