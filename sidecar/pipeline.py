@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
+from sidecar.delivery import check_directory, write_atomic
 from sidecar.environment import Resolution
 from sidecar.errors import ConfigurationError, SidecarError
 from sidecar.references import ConnectionReference, KeyVaultReference, Variable, parse_environment
@@ -54,6 +56,11 @@ def resolve_environment(env: Mapping[str, str], settings: Settings) -> Report:
     started = time.monotonic()
     variables, errors = parse_environment(env, literal=settings.literal_variables)
     errors += _workspace_errors(variables, settings)
+    if any(reference.options.file for variable in variables for reference in variable.references):
+        try:
+            check_directory(settings.files_dir, allow_disk=settings.files_allow_disk, setting="SIDECAR_FILES_DIR")
+        except SidecarError as error:
+            errors.append(error)
     report = Report(errors=errors)
     if errors:
         return report  # nothing is fetched, and no token requested, while a reference is wrong
@@ -95,7 +102,7 @@ def resolve_environment(env: Mapping[str, str], settings: Settings) -> Report:
     outcomes = fetch_all(
         plan, identity, deadline, max_concurrency=settings.max_concurrency, max_attempts=settings.max_attempts
     )
-    report.resolutions = resolve_variables(plan, outcomes)
+    report.resolutions = resolve_variables(plan, outcomes, settings.files_dir)
     report.errors = [error for resolution in report.resolutions for error in resolution.errors]
     report.fetches = plan.fetch_count
     report.token_requests = identity.requests
@@ -108,7 +115,7 @@ def log_report(report: Report) -> None:
     for resolution in report.resolutions:
         variable = resolution.variable
         for warning in resolution.warnings:
-            log.warning("validity", variable=variable.name, warning=warning, note="Key Vault returned it all the same")
+            log.warning("warning", variable=variable.name, warning=warning)
         if resolution.ok:
             log.info(
                 "resolved",
@@ -117,7 +124,8 @@ def log_report(report: Report) -> None:
                 references=[str(reference) for reference in variable.references],
                 stores=sorted({reference.store for reference in variable.references}),
                 versions=resolution.versions,
-                length=len(resolution.value or ""),
+                length=resolution.length,
+                destination=resolution.destination,
                 ms=round(resolution.ms, 1),
                 attempts=resolution.attempts,
             )
@@ -139,3 +147,30 @@ def log_report(report: Report) -> None:
         token_requests=report.token_requests,
         ms=round(report.ms, 1),
     )
+
+
+def write_files(report: Report, owner: tuple[int, int] | None, render_dir: Path | None = None) -> None:
+    """Write every file-delivered value, and with `render_dir` every other value too, one file per variable.
+
+    Called only once everything resolved: a failed start writes nothing. The file of an optional
+    reference that is now missing is removed, so no stale secret outlives its source.
+    """
+    for resolution in report.resolutions:
+        path, data = resolution.file_path, resolution.file_data
+        if path is None and render_dir is not None:
+            path, data = render_dir / resolution.variable.name, (resolution.value or "").encode("utf-8")
+        if path is None:
+            continue
+        try:
+            if resolution.unset:
+                path.unlink(missing_ok=True)
+                continue
+            assert data is not None
+            write_atomic(path, data, owner)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"could not write {path}: {exc.strerror}.",
+                variable=resolution.variable.name,
+                fix="make the directory writable by the sidecar's user (SIDECAR_FILES_OWNER needs root).",
+            ) from None
+        log.info("file", variable=resolution.variable.name, path=str(path), length=len(data))

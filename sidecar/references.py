@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sidecar.clouds import VAULT_SUFFIXES, Cloud, cloud_for_vault_host
 from sidecar.errors import ConfigurationError, MalformedReferenceError, SidecarError
@@ -32,7 +32,90 @@ _VAULT_NAME = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]$")
 _SECRET_PATH = re.compile(r"^/secrets/(?P<name>[0-9A-Za-z-]{1,127})(?:/(?P<version>[^/]*))?/?$")
 _VERSION = re.compile(r"^[0-9a-fA-F]{32}$")
 _CONNECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$")
-_FIELD_NAME = re.compile(r"^[^/\s{}$]+$")
+_FIELD_NAME = re.compile(r"^[^/\s{}$?#&]+$")
+
+
+OPTION_NAMES = ("optional", "default", "decode", "format", "file")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Per-reference options: the deferred form's `?query` and `#fragment`.
+
+    `optional`: a missing secret, version, connection or name gives `default`, or no variable.
+    `default=V`: the value when missing (percent-encoded; implies optional).
+    `#/json/pointer`: RFC 6901 selection inside a JSON value.
+    `decode=base64`: base64-decode the value.
+    `format=pem`: a PKCS#12 (PFX) certificate to PEM: certificate chain, then key.
+    `file` / `file=NAME`: write the value to a file; the variable holds its path.
+    """
+
+    optional: bool = False
+    default: str | None = None
+    pointer: str | None = None
+    decode: str | None = None
+    format: str | None = None
+    file: bool = False
+    file_name: str | None = None
+
+    def __str__(self) -> str:
+        """The options as written, with a default shown by length only: it may be sensitive."""
+        items = []
+        if self.optional and self.default is None:
+            items.append("optional")
+        if self.default is not None:
+            items.append(f"default=<{len(self.default)} chars>")
+        items += [f"{name}={getattr(self, name)}" for name in ("decode", "format") if getattr(self, name)]
+        if self.file:
+            items.append(f"file={self.file_name}" if self.file_name else "file")
+        text = "?" + "&".join(items) if items else ""
+        return text + (f"#{self.pointer}" if self.pointer is not None else "")
+
+
+NO_OPTIONS = Options()
+
+
+def parse_options(query: str, fragment: str | None) -> Options:
+    values: dict[str, str | None] = {}
+    for item in filter(None, query.split("&")):
+        name, has_value, value = item.partition("=")
+        if name not in OPTION_NAMES:
+            raise MalformedReferenceError(f"unknown option '{name}'; the options are: {', '.join(OPTION_NAMES)}.")
+        if name in values:
+            raise MalformedReferenceError(f"option '{name}' is given twice.")
+        values[name] = unquote(value) if has_value else None
+    if "optional" in values and values["optional"] is not None:
+        raise MalformedReferenceError("option 'optional' takes no value (write 'default=...' for a fallback).")
+    if "default" in values and values["default"] is None:
+        raise MalformedReferenceError("option 'default' needs a value: default=VALUE (percent-encoded).")
+    for name, allowed in (("decode", "base64"), ("format", "pem")):
+        if name in values and values[name] != allowed:
+            raise MalformedReferenceError(f"option '{name}' must be '{name}={allowed}'.")
+    file_name = values.get("file")
+    if file_name is not None and not _FILE_NAME.match(file_name):
+        raise MalformedReferenceError(f"file name '{file_name}' must be letters, digits, '.', '_' or '-', no '/'.")
+    pointer = None
+    if fragment is not None:
+        pointer = unquote(fragment)
+        if not pointer.startswith("/"):
+            raise MalformedReferenceError(f"the JSON pointer '#{fragment}' must start with '/' (RFC 6901).")
+    return Options(
+        optional="optional" in values or "default" in values,
+        default=values.get("default"),
+        pointer=pointer,
+        decode=values.get("decode"),
+        format=values.get("format"),
+        file="file" in values,
+        file_name=file_name,
+    )
+
+
+def split_options(uri: str) -> tuple[str, Options]:
+    """`<reference>[?options][#pointer]` -> the reference and its options."""
+    base, has_fragment, fragment = uri.partition("#")
+    base, _, query = base.partition("?")
+    return base, parse_options(query, fragment if has_fragment else None)
 
 
 @dataclass(frozen=True)
@@ -42,9 +125,11 @@ class KeyVaultReference:
     name: str
     version: str | None
     cloud: Cloud
+    options: Options = NO_OPTIONS
 
     def __str__(self) -> str:
-        return f"{KEYVAULT_SCHEME}{self.vault_url}/secrets/{self.name}" + (f"/{self.version}" if self.version else "")
+        version = f"/{self.version}" if self.version else ""
+        return f"{KEYVAULT_SCHEME}{self.vault_url}/secrets/{self.name}{version}{self.options}"
 
     @property
     def location(self) -> str:
@@ -57,10 +142,11 @@ class ConnectionReference:
     connection: str
     part: Literal["connection", "target", "credentials", "metadata"]
     field: str | None = None
+    options: Options = NO_OPTIONS
 
     def __str__(self) -> str:
         suffix = {"connection": "", "target": "/target"}.get(self.part, f"/{self.part}/{self.field}")
-        return f"{CONNECTION_PREFIX}{self.connection}{suffix}"
+        return f"{CONNECTION_PREFIX}{self.connection}{suffix}{self.options}"
 
     @property
     def location(self) -> str:
@@ -108,8 +194,6 @@ def parse_keyvault(uri: str) -> KeyVaultReference:
         raise MalformedReferenceError(
             f"reference '{uri}': '{vault}' is not a valid vault name (3-24 letters, digits, -)."
         )
-    if parts.query or parts.fragment:
-        raise MalformedReferenceError(f"reference '{uri}' must not have a query or fragment.")
     match = _SECRET_PATH.match(parts.path)
     if not match:
         raise MalformedReferenceError(
@@ -140,6 +224,11 @@ def parse_connection(uri: str) -> ConnectionReference:
 
 
 def parse_reference(uri: str) -> Reference:
+    if "?" in uri or "#" in uri:
+        raise MalformedReferenceError(
+            f"reference '{uri}' has options ('?' or '#'); options belong to the deferred form only "
+            "(the whole value, without ${{ }})."
+        )
     if uri.startswith(KEYVAULT_SCHEME):
         return parse_keyvault(uri)
     if uri.startswith(CONNECTION_PREFIX):
@@ -185,10 +274,21 @@ def parse_platform_value(value: str) -> tuple[str | Reference, ...]:
     return tuple(parts)
 
 
+def parse_deferred(value: str) -> Reference:
+    """A whole-value reference, with its options."""
+    base = re.split(r"[?#]", value, maxsplit=1)[0]
+    try:
+        _, options = split_options(value)
+        return replace(parse_reference(base), options=options)
+    except SidecarError as error:
+        error.reference = error.reference or base  # the options are left out: a default may be sensitive
+        raise
+
+
 def parse_variable(name: str, value: str) -> Variable | None:
     """The variable's parts, or None when the value holds no reference and no escape."""
     if value.startswith(KEYVAULT_SCHEME) or value.startswith(CONNECTION_PREFIX):
-        return Variable(name, "deferred", (parse_reference(value),))
+        return Variable(name, "deferred", (parse_deferred(value),))
     if OPEN not in value:
         return None
     return Variable(name, "platform", parse_platform_value(value))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from sidecar.clouds import ARM_HOSTS
@@ -20,6 +21,9 @@ DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_CONCURRENCY = 32
 DEFAULT_MAX_ATTEMPTS = 10
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
+# /dev/shm is a tmpfs in Docker, containerd and Kubernetes containers alike.
+DEFAULT_FILES_DIR = "/dev/shm/sidecar"
+TRUE_WORDS = ("1", "true", "yes", "on")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -46,6 +50,9 @@ class Settings:
     workspace_missing: tuple[str, ...]
     literal_variables: frozenset[str]
     ca_bundle: str | None
+    files_dir: Path
+    files_allow_disk: bool
+    files_owner: tuple[int, int] | None
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool) -> float:
@@ -82,6 +89,26 @@ def _arm_endpoint(env: Mapping[str, str]) -> str:
     return f"https://{parts.hostname}"
 
 
+def _owner(env: Mapping[str, str]) -> tuple[int, int] | None:
+    text = env.get("SIDECAR_FILES_OWNER", "").strip()
+    if not text:
+        return None
+    uid, _, gid = text.partition(":")
+    if not uid.isdigit() or not (gid.isdigit() or gid == ""):
+        raise ConfigurationError(
+            f"SIDECAR_FILES_OWNER={text!r} is not UID[:GID].",
+            fix="set it to the numeric user (and group) of the server.",
+        )
+    return int(uid), int(gid) if gid else os.getegid()
+
+
+def _files_dir(env: Mapping[str, str]) -> Path:
+    text = env.get("SIDECAR_FILES_DIR", "").strip() or DEFAULT_FILES_DIR
+    if not text.startswith("/"):
+        raise ConfigurationError(f"SIDECAR_FILES_DIR={text!r} is not an absolute path.", fix="give an absolute path.")
+    return Path(text)
+
+
 def log_settings(env: Mapping[str, str]) -> tuple[str, str]:
     """Log format and level alone, so that logging works even when other settings are wrong."""
     fmt = env.get("SIDECAR_LOG_FORMAT", "").strip().lower()
@@ -114,4 +141,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         workspace_missing=missing,
         literal_variables=frozenset(name.strip() for name in env.get("SIDECAR_LITERAL", "").split(",") if name.strip()),
         ca_bundle=env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or None,
+        files_dir=_files_dir(env),
+        files_allow_disk=env.get("SIDECAR_FILES_ALLOW_DISK", "").strip().lower() in TRUE_WORDS,
+        files_owner=_owner(env),
     )

@@ -33,6 +33,7 @@ class Fetched:
     # Key Vault returns a secret outside its validity window all the same; the sidecar warns.
     expires_on: datetime | None = None
     not_before: datetime | None = None
+    content_type: str | None = None
 
 
 class TransientError(Exception):

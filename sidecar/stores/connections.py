@@ -7,7 +7,7 @@ picks its part (target, a credential, a metadata value, or the whole JSON).
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from urllib.parse import quote
 
 import requests
@@ -15,6 +15,7 @@ import requests
 from sidecar.clouds import cloud_for_arm_host
 from sidecar.errors import NotFoundError, PermissionDeniedError, SidecarError, UnavailableError
 from sidecar.identity import ManagedIdentity
+from sidecar.logs import redactor
 from sidecar.references import ConnectionReference
 from sidecar.settings import Workspace
 from sidecar.stores.base import (
@@ -37,6 +38,14 @@ def _arm_error(response: requests.Response) -> str:
         return f"HTTP {response.status_code}"
     message = " ".join(str(body.get("message", "")).split())[:300]
     return f"HTTP {response.status_code} {body.get('code', '')}" + (f": {message}" if message else "")
+
+
+def _leaves(value: object) -> Iterator[str]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    elif isinstance(value, str):
+        yield value
 
 
 class ConnectionStore(Store):
@@ -87,9 +96,12 @@ class ConnectionStore(Store):
             raise TransientError(UnavailableError(f"{where}: no answer from ARM ({type(exc).__name__}).")) from None
         if response.status_code == 200:
             try:
-                return Fetched(response.json())
+                connection = response.json()
             except ValueError:
                 raise UnavailableError(f"{where}: ARM answered 200 without JSON.") from None
+            for value in _leaves((connection.get("properties") or {}).get("credentials")):
+                redactor.add(value)
+            return Fetched(connection)
         raise self._failure(response, where)
 
     def _failure(self, response: requests.Response, where: str) -> SidecarError | TransientError:

@@ -25,6 +25,7 @@ from sidecar.errors import (
     UnavailableError,
 )
 from sidecar.identity import ManagedIdentity
+from sidecar.logs import redactor
 from sidecar.references import KeyVaultReference
 from sidecar.stores.base import (
     CONNECT_TIMEOUT_S,
@@ -110,11 +111,13 @@ class KeyVaultStore(Store):
                 fix="check that the vault URL is the vault's own DNS name.",
             ) from None
         properties = secret.properties
+        redactor.add(secret.value)
         return Fetched(
             secret.value if secret.value is not None else "",
             properties.version,
             expires_on=properties.expires_on,
             not_before=properties.not_before,
+            content_type=properties.content_type,
         )
 
     def _failure(self, exc: HttpResponseError, where: str) -> SidecarError | TransientError:

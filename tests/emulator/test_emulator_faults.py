@@ -6,6 +6,7 @@ import time
 
 import pytest
 import requests
+from azure_emulator.admin import AdminError
 from emu_helpers import KV_API, KV_RESOURCE, VAULT, bearer, raw_tls_exchange
 
 IMDS_PATH = "/metadata/identity/oauth2/token"
@@ -110,8 +111,6 @@ def test_set_and_clear_faults(emulator):
 
 
 def test_invalid_fault_is_rejected(emulator):
-    from azure_emulator.admin import AdminError
-
     with pytest.raises(AdminError, match="choose one of"):
         emulator.admin.add_fault({"kind": "imds", "status": 500, "reset": True})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from azure_emulator.fixture import DEFAULT_FIXTURE, FixtureError, build, read_raw, secret_values
+from azure_emulator.fixture import DEFAULT_FIXTURE, FixtureError, build, merge, read_raw, secret_values
 
 
 @pytest.fixture
@@ -70,3 +70,21 @@ def test_secret_values_covers_secrets_credentials_keys_and_msi_secret():
     }
     assert expected <= values
     assert "https://contoso-aoai.openai.azure.com/" not in values  # targets are not secret
+
+
+def test_latest_is_the_newest_created_not_the_last_listed(raw):
+    raw["vaults"]["contoso-kv"]["secrets"]["rotated"] = {
+        "versions": [
+            {"id": "b" * 32, "value": "fake-new", "created": "2025-06-01T00:00:00Z"},
+            {"id": "a" * 32, "value": "fake-old", "created": "2025-01-01T00:00:00Z"},
+        ]
+    }
+    assert build(raw).vaults["contoso-kv"].secrets["rotated"].latest.value == "fake-new"
+
+
+def test_merge_adds_to_mappings_and_replaces_lists(raw):
+    merged = merge(raw, {"identities": {"user": {"roles": {"Key Vault Secrets User": ["restricted-kv"]}}}})
+    user = build(merged).identities["22222222-2222-4222-8222-222222222222"]
+    assert user.vaults == {"restricted-kv"}
+    assert user.workspaces == {"ws-main"}  # the other role is untouched
+    assert raw["identities"]["user"]["roles"]["Key Vault Secrets User"] == ["contoso-kv"]  # no aliasing

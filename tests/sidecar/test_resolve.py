@@ -222,11 +222,12 @@ def test_check_prints_rows_without_values(run_sidecar):
     )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "STORE", "REFERENCE", "VERSION", "LENGTH", "STATUS", "MS", "ATTEMPTS"]
+    header = ["NAME", "STORE", "REFERENCE", "VERSION", "LENGTH", "DESTINATION", "STATUS", "MS", "ATTEMPTS"]
+    assert lines[0].split() == header
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["OPENAI_KEY"][1:6] == ["keyvault", kv("openai-key"), OPENAI_V3, "18", "ok"]
+    assert rows["OPENAI_KEY"][1:7] == ["keyvault", kv("openai-key"), OPENAI_V3, "18", "env", "ok"]
     assert rows["PINNED"][3] == OPENAI_V1
-    assert rows["AOAI"][1:6] == ["connection", "azureml://connections/aoai-conn/credentials/key", "-", "17", "ok"]
+    assert rows["AOAI"][1:7] == ["connection", "azureml://connections/aoai-conn/credentials/key", "-", "17", "env", "ok"]
 
 
 def test_check_json_and_exit_code_of_the_failure(run_sidecar):
@@ -268,7 +269,7 @@ def test_secrets_outside_their_validity_window_resolve_with_a_warning(run_sideca
     run = run_sidecar({"OLD": kv("expired-secret"), "NEW": kv("future-secret")})
     assert run.returncode == 0, run.stderr
     assert run.child_env["OLD"] == "fake-expired-value"
-    warnings = {event["variable"]: event["warning"] for event in run.events if event["event"] == "validity"}
+    warnings = {event["variable"]: event["warning"] for event in run.events if event["event"] == "warning"}
     assert "expired at 2020-01-01" in warnings["OLD"]
     assert "not valid before 2099-01-01" in warnings["NEW"]
 

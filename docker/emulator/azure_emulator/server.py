@@ -190,22 +190,29 @@ class Handler(BaseHTTPRequestHandler):
             "fault": None,
         }
         fault = state.faults.take(kind, request.host, request.path)
-        if fault is not None:
-            entry.update(faulted=True, fault=_fault_name(fault))
-            if fault.latency_ms:
-                state.stopping.wait(fault.latency_ms / 1000)
-            if fault.reset or fault.hang_s:
-                self._record(entry, started)
-                if fault.reset:
-                    self._reset_connection()
-                else:
-                    state.stopping.wait(fault.hang_s)
-                    self.close_connection = True  # then hang up without an answer
-                return
+        if fault is not None and self._disrupt(fault, entry, started):
+            return
         response = _fault_response(kind, fault) if fault and fault.status else _call(endpoint, state, request)
         entry.update(response.facts, status=response.status)
-        self._send(response)
+        # Record before answering: once a client has its answer, the log and counters show it.
         self._record(entry, started)
+        self._send(response)
+
+    def _disrupt(self, fault: Fault, entry: dict[str, Any], started: float) -> bool:
+        """Apply a fault's latency, reset or hang; True if the request gets no answer at all."""
+        entry.update(faulted=True, fault=_fault_name(fault))
+        stopping = self.server.state.stopping
+        if fault.latency_ms:
+            stopping.wait(fault.latency_ms / 1000)
+        if not (fault.reset or fault.hang_s):
+            return False
+        self._record(entry, started)
+        if fault.reset:
+            self._reset_connection()
+        else:
+            stopping.wait(fault.hang_s)
+            self.close_connection = True  # then hang up without an answer
+        return True
 
     def _send(self, response: Response) -> None:
         self.send_response(response.status)

@@ -22,9 +22,13 @@ class Stats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.clear()
+        self._clear()
 
     def clear(self) -> None:
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
         self._log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
         self._counters: dict[str, dict[str, Any]] = {
             "by_kind": {},  # kind -> status -> n

@@ -118,12 +118,18 @@ def test_a_failed_reference_stops_the_container_from_starting(
     logs = podman.logs(name)
     assert exit_code == code, f"expected the sidecar's exit code {code}, got {exit_code}:\n{logs[-3000:]}"
     assert "gunicorn" not in logs and "azmlinfsrv" not in logs, f"the server started:\n{logs[-3000:]}"
-    naming = [line for line in logs.splitlines() if "BROKEN_SECRET" in line]
-    assert naming, f"no log line names the variable BROKEN_SECRET:\n{logs[-3000:]}"
+    events = []
+    for line in logs.splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    failed = [e for e in events if isinstance(e, dict) and e.get("variable") == "BROKEN_SECRET"]
+    assert failed, f"no JSON log line names the variable BROKEN_SECRET:\n{logs[-3000:]}"
+    assert failed[0].get("exit_code") == code, failed[0]
+    assert failed[0].get("fix"), f"the failure line gives no fix: {failed[0]}"
     if fix:
-        assert any(fix in line for line in naming), f"no log line names the fix {fix!r}:\n{logs[-3000:]}"
-    for line in naming:
-        json.loads(line)  # the sidecar logs JSON lines
+        assert fix in failed[0]["fix"], failed[0]
     assert "fake-openai-key" not in logs
 
 
