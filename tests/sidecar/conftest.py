@@ -2,72 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
-
-RECORDER = Path(__file__).with_name("record_env.py")
-SUBSCRIPTION = "00000000-0000-4000-8000-0000000000a1"
-WORKSPACE = {
-    "AZUREML_ARM_SUBSCRIPTION": SUBSCRIPTION,
-    "AZUREML_ARM_RESOURCEGROUP": "rg-ml",
-    "AZUREML_ARM_WORKSPACE_NAME": "ws-main",
-}
-SYSTEM_ID = "11111111-1111-4111-8111-111111111111"
-USER_ID = "22222222-2222-4222-8222-222222222222"
-NOROLES_ID = "33333333-3333-4333-8333-333333333333"
-KV = "https://contoso-kv.vault.azure.net"
-RUN_TIMEOUT_S = 90
-TOKEN_PREFIX = "emu1."  # every token the emulator issues starts with this
-
-
-@dataclass
-class SidecarRun:
-    returncode: int
-    stdout: str
-    stderr: str
-    pid: int
-    child: dict[str, Any] | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def child_env(self) -> dict[str, str]:
-        assert self.child is not None, f"CMD did not run (exit {self.returncode}); stderr:\n{self.stderr}"
-        return self.child["env"]
-
-    def failures(self) -> list[dict[str, Any]]:
-        return [event for event in self.events if event.get("event") == "failed"]
-
-    def failure_for(self, variable: str) -> dict[str, Any]:
-        found = [event for event in self.failures() if event.get("variable") == variable]
-        assert found, f"no failure logged for {variable}; stderr:\n{self.stderr}"
-        return found[0]
-
-
-def leak_candidates(values: Iterable[str]) -> set[str]:
-    """Each value as it could appear in output: raw, JSON-escaped, and each long-enough line of it."""
-    candidates = set()
-    for value in values:
-        candidates.add(value)
-        candidates.add(json.dumps(value)[1:-1])
-        candidates.update(line for line in value.splitlines() if len(line) >= 6)
-        candidates.update(part for part in value.split("\x00") if len(part) >= 6)
-    return {candidate for candidate in candidates if len(candidate) >= 4}
-
-
-def assert_no_leak(text: str, values: Iterable[str]) -> None:
-    leaked = sorted(candidate for candidate in leak_candidates(values) if candidate in text)
-    if TOKEN_PREFIX in text:
-        leaked.append("an access token")
-    # Name how many leaked, never which: the assertion message is output too.
-    assert not leaked, f"{len(leaked)} secret value(s) appeared in captured output"
+from sidecar_helpers import RECORDER, RUN_TIMEOUT_S, WORKSPACE, SidecarRun, assert_no_leak
 
 
 @pytest.fixture
@@ -104,10 +47,8 @@ def run_sidecar(emulator, tmp_path, fixture_secret_values) -> Callable[..., Side
         assert_no_leak(stdout + stderr, [*fixture_secret_values, *extra_secret_values])
         events = []
         for line in stderr.splitlines():
-            try:
+            with contextlib.suppress(ValueError):
                 events.append(json.loads(line))
-            except ValueError:
-                pass
         child = json.loads(record.read_text()) if record.exists() else None
         return SidecarRun(process.returncode, stdout, stderr, process.pid, child, events)
 

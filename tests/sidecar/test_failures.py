@@ -7,9 +7,7 @@ import stat
 import sys
 
 import pytest
-from conftest import KV, NOROLES_ID, USER_ID
-
-from test_resolve import kv, platform
+from sidecar_helpers import NOROLES_ID, USER_ID, kv, platform
 
 
 def assert_failed(run, code: int, variable: str) -> dict:

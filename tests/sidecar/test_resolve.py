@@ -6,18 +6,10 @@ import json
 import sys
 
 import pytest
-from conftest import KV, NOROLES_ID, SYSTEM_ID, USER_ID
+from sidecar_helpers import SYSTEM_ID, USER_ID, kv, platform
 
 OPENAI_V1 = "00000000000000000000000000000a01"
 OPENAI_V3 = "00000000000000000000000000000a03"
-
-
-def kv(name: str, version: str = "", vault: str = KV) -> str:
-    return f"keyvault:{vault}/secrets/{name}" + (f"/{version}" if version else "")
-
-
-def platform(uri: str) -> str:
-    return "${{" + uri + "}}"
 
 
 def test_the_command_runs_in_the_sidecars_process_with_resolved_values(run_sidecar):
@@ -227,7 +219,14 @@ def test_check_prints_rows_without_values(run_sidecar):
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert rows["OPENAI_KEY"][1:7] == ["keyvault", kv("openai-key"), OPENAI_V3, "18", "env", "ok"]
     assert rows["PINNED"][3] == OPENAI_V1
-    assert rows["AOAI"][1:7] == ["connection", "azureml://connections/aoai-conn/credentials/key", "-", "17", "env", "ok"]
+    assert rows["AOAI"][1:7] == [
+        "connection",
+        "azureml://connections/aoai-conn/credentials/key",
+        "-",
+        "17",
+        "env",
+        "ok",
+    ]
 
 
 def test_check_json_and_exit_code_of_the_failure(run_sidecar):
@@ -276,7 +275,7 @@ def test_secrets_outside_their_validity_window_resolve_with_a_warning(run_sideca
 
 def test_arguments_reach_the_command_unchanged(run_sidecar, tmp_path):
     record = tmp_path / "args.json"
-    from conftest import RECORDER
+    from sidecar_helpers import RECORDER, kv
 
     args = ["--flag", "${{keyvault:https://contoso-kv.vault.azure.net/secrets/db-password}}", "", "two words"]
     run = run_sidecar({"K": kv("db-password")}, cmd=[sys.executable, str(RECORDER), str(record), *args])
