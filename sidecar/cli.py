@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import structlog
 
@@ -27,7 +27,10 @@ from sidecar.errors import (
     UsageError,
     exit_code_for,
 )
-from sidecar.settings import load_settings, log_settings
+from sidecar.settings import Settings, load_settings, log_settings
+
+if TYPE_CHECKING:
+    from sidecar.pipeline import Report
 
 log = structlog.get_logger("sidecar")
 
@@ -166,8 +169,10 @@ def _exit(code: int) -> NoReturn:
 
 def _on_signal(signum: int, _frame: object) -> None:
     # As PID 1 a signal without a handler is ignored; before the exec, stop promptly instead.
-    log.warning("signal", signal=signal.Signals(signum).name, note="stopped before the command started")
-    _exit(128 + signum)
+    # A raw write: the logging machinery takes locks a signal handler must not wait for.
+    line = {"level": "warning", "event": "signal", "signal": signal.Signals(signum).name, "exit_code": 128 + signum}
+    os.write(2, json.dumps(line).encode() + b"\n")
+    os._exit(128 + signum)
 
 
 def _fail(errors: Sequence[SidecarError]) -> NoReturn:
@@ -176,7 +181,7 @@ def _fail(errors: Sequence[SidecarError]) -> NoReturn:
     _exit(code)
 
 
-def _print_check(report, fmt: str) -> None:  # type: ignore[no-untyped-def]
+def _print_check(report: Report, fmt: str) -> None:
     rows = []
     failed = {}
     for error in report.errors:
@@ -230,8 +235,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, _on_signal)
     try:
-        settings = load_settings()
-        logs.configure(settings.log_format, settings.log_level)
+        settings = load_settings()  # the log settings it validates are the ones configured above
         log.info("start", command=args.command, version=__version__, pid=os.getpid())
         if args.command == "exec":
             _exec(args.cmd, settings)
@@ -243,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _exit(error.exit_code)
 
 
-def _check(settings, fmt: str) -> NoReturn:  # type: ignore[no-untyped-def]
+def _check(settings: Settings, fmt: str) -> NoReturn:
     from sidecar.pipeline import log_report, resolve_environment
 
     report = resolve_environment(os.environ, settings)
@@ -252,7 +256,7 @@ def _check(settings, fmt: str) -> NoReturn:  # type: ignore[no-untyped-def]
     _exit(exit_code_for(report.errors))
 
 
-def _exec(argv: list[str], settings) -> NoReturn:  # type: ignore[no-untyped-def]
+def _exec(argv: list[str], settings: Settings) -> NoReturn:
     from sidecar.pipeline import log_report, resolve_environment
 
     if argv and argv[0] == "--":
@@ -280,7 +284,7 @@ def _exec(argv: list[str], settings) -> NoReturn:  # type: ignore[no-untyped-def
         raise error_class(f"could not exec '{argv[0]}': {exc.strerror}.", fix="check CMD.") from None
 
 
-def _render(directory: Path | None, env_file: Path | None, settings) -> NoReturn:  # type: ignore[no-untyped-def]
+def _render(directory: Path | None, env_file: Path | None, settings: Settings) -> NoReturn:
     from sidecar.delivery import check_directory, env_file_text, write_atomic
     from sidecar.pipeline import log_report, resolve_environment, write_files
 

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sidecar.errors import MalformedReferenceError, NotFoundError, SidecarError
+from sidecar.logs import redactor
 from sidecar.plan import FetchId, Plan
 from sidecar.references import Reference, Variable
 from sidecar.resolve import Outcome
@@ -114,8 +115,6 @@ def _reference_data(plan: Plan, reference: Reference, outcome: Outcome, resoluti
 
 
 def resolve_variables(plan: Plan, outcomes: Mapping[FetchId, Outcome], files_dir: Path) -> list[Resolution]:
-    from sidecar.logs import redactor
-
     resolutions = []
     for variable in plan.variables:
         resolution = Resolution(variable)

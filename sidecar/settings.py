@@ -25,7 +25,7 @@ DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 DEFAULT_FILES_DIR = "/dev/shm/sidecar"
 TRUE_WORDS = ("1", "true", "yes", "on")
 LOG_FORMATS = ("json", "console")
-LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_LEVELS = ("info", "debug", "warning", "error")  # the first is the default
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def log_settings(env: Mapping[str, str]) -> tuple[str, str]:
     """Log format and level alone, so that logging works even when other settings are wrong."""
     fmt = env.get("SIDECAR_LOG_FORMAT", "").strip().lower()
     level = env.get("SIDECAR_LOG_LEVEL", "").strip().lower()
-    return (fmt if fmt in LOG_FORMATS else "json", level if level in LOG_LEVELS else "info")
+    return (fmt if fmt in LOG_FORMATS else LOG_FORMATS[0], level if level in LOG_LEVELS else LOG_LEVELS[0])
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -134,7 +134,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_concurrency=int(_number(env, "SIDECAR_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, integer=True)),
         max_attempts=int(_number(env, "SIDECAR_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, integer=True)),
         log_format=_choice(env, "SIDECAR_LOG_FORMAT", LOG_FORMATS),
-        log_level=_choice(env, "SIDECAR_LOG_LEVEL", ("info", "debug", "warning", "error")),
+        log_level=_choice(env, "SIDECAR_LOG_LEVEL", LOG_LEVELS),
         connect_to=tuple(parse_connect_to(env.get("SIDECAR_CONNECT_TO", ""))),
         arm_endpoint=_arm_endpoint(env),
         workspace=None if missing else Workspace(*values),

@@ -255,3 +255,31 @@ def test_python_dash_m_is_the_same_entry_point():
     assert result.returncode == 0
     for word in ("exec", "check", "SIDECAR_TIMEOUT", "exit codes", "$${{"):
         assert word in result.stdout
+
+
+def test_sigterm_before_the_exec_stops_the_sidecar_with_143(emulator, fixture_secret_values):
+    import os
+    import subprocess
+    import time
+
+    from sidecar_helpers import WORKSPACE, assert_no_leak
+
+    emulator.admin.add_fault({"kind": "keyvault", "path": "/secrets/db-password", "hang_s": 60, "count": None})
+    env = {"PATH": os.environ["PATH"], **emulator.env("imds"), **WORKSPACE, "K": kv("db-password")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "exec", "--", "true"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 30
+    while not emulator.admin.requests(kind="keyvault", path_contains="db-password"):
+        assert time.monotonic() < deadline, "the sidecar never reached the vault"
+        assert process.poll() is None, "the sidecar ended before it was signalled"
+        time.sleep(0.05)  # polling the emulator's log, bounded by the deadline above
+    process.terminate()
+    try:
+        _, stderr = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError("SIGTERM did not stop the sidecar within 10 s") from None
+    assert process.returncode == 143, stderr
+    assert '"signal": "SIGTERM"' in stderr
+    assert_no_leak(stderr, fixture_secret_values)
