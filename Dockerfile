@@ -10,7 +10,7 @@
 # (its own Python is 3.9, too old for the sidecar: its Ubuntu python3 3.10 is
 # used for /opt/sidecar, with python3-venv installed as root first). For an
 # image that already starts its server (runsvdir /var/runit), the drop-in
-# recipe in docker/README.md keeps its CMD and adds only the ENTRYPOINT.
+# recipe in README.md ("Containers") keeps its CMD and adds only the ENTRYPOINT.
 #
 # No secret and no certificate of the build machine end up in the image: a
 # TLS-intercepting proxy's CA is bind-mounted at build time only
@@ -46,6 +46,8 @@ RUN useradd --no-log-init --uid "${APP_UID}" --user-group --create-home --home-d
 COPY --from=build /opt/sidecar /opt/sidecar
 COPY --chmod=0755 entrypoint.sh /usr/local/bin/entrypoint.sh
 ENV PYTHONUNBUFFERED=1
+LABEL org.opencontainers.image.title="sidecar-base" \
+      org.opencontainers.image.description="Azure ML BYOC base: resolves secret references with the managed identity, then execs CMD"
 USER ${APP_UID}:${APP_UID}
 WORKDIR /home/app
 ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]

@@ -2,7 +2,8 @@
 # Idempotent container tooling for the tests and for local use on a machine
 # without a Docker engine (see shared docs "containers-in-ci.md").
 #
-#   docker/container-tools.sh setup   install podman (when root and missing),
+#   docker/container-tools.sh setup   install podman and the CNI dnsname plugin (when
+#                                     root and missing),
 #                                     write a private containers.conf and
 #                                     storage.conf, provide python:3.11-slim
 #   docker/container-tools.sh env     print the variables to export
@@ -41,10 +42,12 @@ print_env() {
 install_tools() {
     missing=
     for tool in podman runc catatonit mmdebstrap zstd; do
-        if ! command -v "$tool" >/dev/null 2>&1 && ! [ -x "/usr/bin/$tool" ] && ! [ -x "/usr/libexec/podman/$tool" ]; then
+        if ! command -v "$tool" >/dev/null 2>&1 && ! [ -x "/usr/bin/$tool" ] && ! [ -x "/usr/sbin/$tool" ]; then
             missing="$missing $tool"
         fi
     done
+    # DNS for network aliases on podman networks (the compose replay test)
+    [ -x /usr/lib/cni/dnsname ] || missing="$missing dnsname"
     [ -z "$missing" ] && return 0
     if [ "$(id -u)" != 0 ]; then
         log "missing:$missing; not root, so not installing them"
@@ -54,7 +57,8 @@ install_tools() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
     # Naming runc keeps crun out (crun 1.8 fails on hybrid cgroup hosts).
-    apt-get install -y -qq --no-install-recommends podman runc catatonit mmdebstrap zstd >&2
+    apt-get install -y -qq --no-install-recommends podman runc catatonit mmdebstrap zstd \
+        golang-github-containernetworking-plugin-dnsname >&2
 }
 
 write_conf() {
@@ -79,6 +83,7 @@ tmp_dir = "$CACHE/run/libpod-tmp"
 volume_path = "$CACHE/volumes"
 
 [network]
+network_backend = "cni"
 # Networks made by the tests (podman network create) live here, not in /etc/cni/net.d.
 network_config_dir = "$CACHE/networks"
 EOF

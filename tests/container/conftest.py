@@ -61,8 +61,8 @@ def podman() -> Iterator[Podman]:
         pytest.fail(f"docker/container-tools.sh setup took more than {SETUP_TIMEOUT_S} s", pytrace=False)
     if result.returncode != 0:
         message = f"docker/container-tools.sh setup exited {result.returncode}:\n{result.stderr[-4000:]}"
-        if os.geteuid() != 0 and shutil.which("podman") is None:
-            unavailable(message)
+        if os.geteuid() != 0:
+            unavailable(f"{message}\n(not root: the setup cannot install podman or build the base stand-in)")
         pytest.fail(message, pytrace=False)
     env = dict(os.environ)
     for line in result.stdout.splitlines():
@@ -72,7 +72,10 @@ def podman() -> Iterator[Podman]:
     tool = Podman(env=env, cache=Path(env["SIDECAR_CONTAINERS_CACHE"]))
     yield tool
     for name in tool.created:
-        tool("rm", "--force", "--time", "0", name, check=False)
+        # --volumes: the emulator image declares VOLUME /state (an anonymous volume per container)
+        tool("rm", "--force", "--volumes", "--time", "0", name, check=False)
+    # Layers of builds superseded more than 3 days ago; recent ones stay as the build cache.
+    tool("image", "prune", "--force", "--filter", "until=72h", check=False)
 
 
 @pytest.fixture(scope="session")
@@ -93,12 +96,15 @@ def emulator_mount(emulator_process: Any, tmp_path_factory: pytest.TempPathFacto
     return ["-v", f"{ca}:{CONTAINER_CA}:ro"]
 
 
-@pytest.fixture(scope="session")
-def sidecar_env(emulator_process: Any) -> Callable[[str], dict[str, str]]:
-    """sidecar_env(flavour): what a container needs to reach the host emulator ('imds' or 'azureml')."""
+@pytest.fixture
+def sidecar_env(emulator: Any) -> Callable[[str], dict[str, str]]:
+    """sidecar_env(flavour): what a container needs to reach the host emulator ('imds' or 'azureml').
+
+    Through the `emulator` fixture: the session's emulator, reset to its default fixture (no faults
+    left over from other tests)."""
 
     def make(flavour: str = "imds") -> dict[str, str]:
-        env = dict(emulator_process.env(flavour))
+        env = dict(emulator.env(flavour))
         env["REQUESTS_CA_BUNDLE"] = CONTAINER_CA
         env["SSL_CERT_FILE"] = CONTAINER_CA
         env.update(WORKSPACE_ENV)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -194,7 +195,7 @@ def test_drop_in_entrypoint_in_a_plain_image(
     sidecar_env: Any,
     tmp_path: Path,
 ) -> None:
-    """docker/README.md's recipe: the sidecar venv and entrypoint.sh copied into another image."""
+    """The README's drop-in recipe: the sidecar venv and entrypoint.sh copied into another image."""
     shutil.copy(REPO / "entrypoint.sh", tmp_path / "entrypoint.sh")
     (tmp_path / "Dockerfile").write_text(
         f"FROM docker.io/library/python:3.11-slim\n"
@@ -220,3 +221,94 @@ def test_drop_in_entrypoint_in_a_plain_image(
     # Without references it needs no sidecar at all.
     fast = podman("run", "--rm", "-e", "SIDECAR_BIN=/nonexistent", tag, "sh", "-c", "echo pid=$$", check=False)
     assert (fast.returncode, fast.stdout.strip()) == (0, "pid=1"), fast.stderr
+
+
+def wait_for_log(podman: Podman, name: str, needle: str, timeout: float = 60) -> str:
+    """Bounded polling of `podman logs` until a line contains needle."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = podman.logs(name)
+        if needle in logs:
+            return logs
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {needle!r} in the logs of {name} after {timeout:g} s:\n{logs[-3000:]}", pytrace=False)
+        time.sleep(0.1)
+
+
+def test_drop_in_with_runsvdir_like_a_curated_image(
+    podman: Podman,
+    images: Images,
+    emulator_mount: list[str],
+    sidecar_env: Any,
+    tmp_path: Path,
+) -> None:
+    """The README's curated-image recipe: the sidecar pip-installed from the lock and a wheel
+    into its own venv, ENTRYPOINT entrypoint.sh, CMD runsvdir /var/runit, a non-root user; the
+    services that runsvdir starts inherit the resolved environment."""
+    source = tmp_path / "src"
+    shutil.copytree(REPO / "sidecar", source / "sidecar", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", source)
+    readme = REPO / "README.md"
+    (source / "README.md").write_text(readme.read_text(encoding="utf-8") if readme.exists() else "")
+    shutil.copy(REPO / "requirements.txt", tmp_path)
+    shutil.copy(REPO / "entrypoint.sh", tmp_path)
+    run_script = '#!/bin/sh\\necho "service openai=${#OPENAI_API_KEY} user=$(id -un)"\\nexec sleep 600\\n'
+    (tmp_path / "Dockerfile").write_text(
+        "FROM docker.io/library/python:3.11-slim AS wheel\n"
+        "COPY src /src\n"
+        "RUN python3 -m pip wheel --no-cache-dir --disable-pip-version-check --no-deps -w /dist /src\n"
+        "\n"
+        "# A stand-in for the curated image: runit, a non-root dockeruser, a service in /var/runit.\n"
+        "FROM docker.io/library/python:3.11-slim\n"
+        "RUN apt-get update && apt-get install -y --no-install-recommends runit"
+        " && rm -rf /var/lib/apt/lists/* && useradd --no-log-init --create-home dockeruser"
+        f" && mkdir -p /var/runit/app && printf '{run_script}' >/var/runit/app/run"
+        " && chmod 0755 /var/runit/app/run && chown -R dockeruser /var/runit\n"
+        "# The recipe.\n"
+        "USER root\n"
+        "COPY requirements.txt /tmp/sidecar/requirements.txt\n"
+        "RUN python3 -m venv /opt/sidecar && /opt/sidecar/bin/pip install --no-cache-dir"
+        " --disable-pip-version-check --no-deps -r /tmp/sidecar/requirements.txt\n"
+        "COPY --from=wheel /dist/ /tmp/sidecar/\n"
+        "RUN /opt/sidecar/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps"
+        " /tmp/sidecar/sidecar-*.whl && ln -s /opt/sidecar/bin/sidecar /usr/local/bin/sidecar"
+        " && rm -rf /tmp/sidecar\n"
+        "COPY --chmod=0755 entrypoint.sh /entrypoint.sh\n"
+        "USER dockeruser\n"
+        'ENTRYPOINT ["/entrypoint.sh"]\n'
+        'CMD ["runsvdir", "/var/runit"]\n',
+        encoding="utf-8",
+    )
+    tag = "localhost/sidecar-runit:test"
+    podman.build(tmp_path, tag)
+    name = podman.name()
+    env = {**sidecar_env("imds"), "OPENAI_API_KEY": "keyvault:https://contoso-kv.vault.azure.net/secrets/openai-key"}
+    podman("run", "--detach", "--name", name, "--network=host", *emulator_mount, *env_args(env), tag)
+    logs = wait_for_log(podman, name, "service openai=")
+    expected = f"service openai={len(KNOWN_VALUES['OPENAI_API_KEY'])} user=dockeruser"
+    assert expected in logs, logs[-3000:]
+    top = podman("top", name, "pid", "args").stdout
+    assert re.search(r"^\s*1\s+runsvdir /var/runit", top, re.MULTILINE), top
+    started = time.monotonic()
+    podman("stop", "--time", "10", name)
+    elapsed = time.monotonic() - started
+    assert podman.exit_code(name) == 0
+    assert elapsed < STOP_BOUND_S, f"podman stop took {elapsed:.2f} s"
+
+
+def test_a_server_without_a_sigterm_handler_needs_init(podman: Podman, images: Images) -> None:
+    """As PID 1, `sleep` ignores SIGTERM (no handler): killed at the timeout (137). With --init
+    (catatonit as PID 1) the signal reaches it and it ends at once (143)."""
+    bare, init = podman.name(), podman.name()
+    podman("run", "--detach", "--name", bare, images.base, "sleep", "600")
+    podman("run", "--detach", "--init", "--name", init, images.base, "sleep", "600")
+    for name in (bare, init):
+        top = podman("top", name, "pid", "args").stdout
+        assert "sleep 600" in top, top
+    podman("stop", "--time", "1", bare)
+    assert podman.exit_code(bare) == 137
+    started = time.monotonic()
+    podman("stop", "--time", "10", init)
+    elapsed = time.monotonic() - started
+    assert podman.exit_code(init) == 143
+    assert elapsed < STOP_BOUND_S, f"podman stop --init took {elapsed:.2f} s"
