@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint emulator bench lock clean
+.PHONY: demo test lint emulator bench bench-smoke lock clean
 
 $(STAMP): requirements.txt requirements-dev.txt docker/emulator/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,16 @@ test: $(STAMP)
 emulator: $(STAMP)
 	$(BIN)/python docker/emulator
 
+## bench: the benchmarks (about 5 minutes); rewrites bench/RESULTS.md and the plot
+bench: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(BIN)/python bench/run.py
+
+## bench-smoke: every benchmark section, few runs, small N; writes to .cache/bench/
+bench-smoke: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(BIN)/python bench/run.py --smoke
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -34,7 +44,8 @@ lint: $(STAMP)
 lock:
 	rm -rf .cache/lock && $(PYTHON) -m venv .cache/lock
 	.cache/lock/bin/pip install --quiet .
-	.cache/lock/bin/pip freeze --exclude sidecar > requirements.txt
+	{ echo "# Runtime lock: exactly what the image installs (pip install --no-deps -r)."; \
+	  echo "# Regenerate: make lock"; .cache/lock/bin/pip freeze --exclude sidecar; } > requirements.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

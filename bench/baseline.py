@@ -20,7 +20,9 @@ from azure.identity import ManagedIdentityCredential
 from azure.keyvault.secrets import SecretClient
 from requests.adapters import HTTPAdapter
 
-REFERENCE = re.compile(r"(?:\$\{\{)?(keyvault:https://([^/]+)/secrets/([^/}]+)|azureml://connections/([^/}]+)/?([^}]*))(?:\}\})?")
+REFERENCE = re.compile(
+    r"(?:\$\{\{)?(keyvault:https://([^/]+)/secrets/([^/}]+)|azureml://connections/([^/}]+)/?([^}]*))(?:\}\})?"
+)
 
 
 class _EmulatorAdapter(HTTPAdapter):

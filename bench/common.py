@@ -136,8 +136,8 @@ class Spawned:
     """
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self._out = tempfile.TemporaryFile("w+")
-        self._err = tempfile.TemporaryFile("w+")
+        self._out = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by finish()
+        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by finish()
         self.started = time.time_ns()
         self.process = subprocess.Popen(argv, env=env, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL)
 
@@ -161,6 +161,29 @@ class Spawned:
         ok = self.process.returncode == 0 and lines
         ms = (int(lines[-1]) - self.started) / 1e6 if ok else float("nan")
         return Run(ms, self.process.returncode, rusage.ru_maxrss, stderr)
+
+
+# Linux carries a process's peak RSS across fork and exec (the parent's image counts at the first
+# exec), so a child of this harness would report at least the harness's own peak. Peak RSS is
+# therefore measured through a small `python -S` forker: its child starts from the forker's ~10 MiB.
+_FORKER = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execve(sys.argv[1], sys.argv[1:], os.environ)\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "sys.stderr.write(f'\\nBENCH_MAXRSS_KB={usage.ru_maxrss}\\n')\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def peak_rss_kb(argv: list[str], env: dict[str, str]) -> int:
+    """Peak RSS (KiB) of `argv` over its whole life, the part before its exec of CMD included."""
+    run = spawn_timed([PYTHON, "-S", "-c", _FORKER, *argv], env)
+    for line in run.stderr.splitlines():
+        if line.startswith("BENCH_MAXRSS_KB="):
+            return int(line.split("=", 1)[1])
+    return 0
 
 
 def spawn_timed(argv: list[str], env: dict[str, str], timeout: float = RUN_TIMEOUT_S) -> Run:

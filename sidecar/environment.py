@@ -14,15 +14,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidecar.errors import MalformedReferenceError, NotFoundError, SidecarError
 from sidecar.logs import redactor
 from sidecar.plan import FetchId, Plan
 from sidecar.references import Reference, Variable
-from sidecar.resolve import Outcome
 from sidecar.settings import PREFIX
 from sidecar.stores.base import Fetched
 from sidecar.transform import apply_options
+
+if TYPE_CHECKING:  # resolve pulls in tenacity: only a run with references needs it
+    from sidecar.resolve import Outcome
 
 FILE_DELIVERY_FIX = "deliver it as a file: add '?file' to the reference (deferred form)."
 

@@ -30,25 +30,43 @@ THIRD_PARTY_LOGGERS = ("azure", "msal", "urllib3", "requests")
 
 
 class Redactor:
-    """The set of sensitive strings, and the structlog processor that scrubs them from every event."""
+    """The set of sensitive strings, and the structlog processor that scrubs them from every event.
+
+    Values are indexed by their first MIN_REDACTED_LENGTH characters, so scrubbing a string costs
+    one dict lookup per position in it rather than one substring search per registered value:
+    with 1,000 fetched values, checking each of them against every field of every log line was
+    a tenth of the sidecar's CPU time (py-spy).
+    """
 
     def __init__(self) -> None:
         self._values: set[str] = set()
+        self._by_prefix: dict[str, list[str]] = {}  # prefix -> values with it, longest first
         self._lock = threading.Lock()
 
     def add(self, value: str | None) -> None:
         if value and len(value) >= MIN_REDACTED_LENGTH:
             with self._lock:
-                self._values.add(value)
+                if value not in self._values:
+                    self._values.add(value)
+                    bucket = self._by_prefix.setdefault(value[:MIN_REDACTED_LENGTH], [])
+                    bucket.append(value)
+                    bucket.sort(key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
         for pattern in _TOKEN_PATTERNS:
             text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        by_prefix = self._by_prefix
+        if not by_prefix:
+            return text
+        found: set[str] = set()
         with self._lock:
-            values = sorted(self._values, key=len, reverse=True)
-        for value in values:
-            if value in text:
-                text = text.replace(value, REDACTED)
+            for start in range(len(text) - MIN_REDACTED_LENGTH + 1):
+                bucket = by_prefix.get(text[start : start + MIN_REDACTED_LENGTH])
+                if bucket:
+                    found.update(value for value in bucket if text.startswith(value, start))
+        # Longest first, so that a value containing another is replaced whole.
+        for value in sorted(found, key=len, reverse=True):
+            text = text.replace(value, REDACTED)
         return text
 
     def _scrub_any(self, item: Any) -> Any:

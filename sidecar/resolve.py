@@ -20,6 +20,7 @@ import time
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from tenacity import (
@@ -31,9 +32,11 @@ from tenacity import (
 )
 
 from sidecar.errors import SidecarError, UnavailableError
-from sidecar.identity import ManagedIdentity
 from sidecar.plan import FetchId, Plan
 from sidecar.stores.base import Fetched, Store, TransientError
+
+if TYPE_CHECKING:  # azure-identity is imported only by a run that has references
+    from sidecar.identity import ManagedIdentity
 
 log = structlog.get_logger("sidecar.resolve")
 
