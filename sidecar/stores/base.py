@@ -39,10 +39,11 @@ class Fetched:
 class TransientError(Exception):
     """One attempt failed in a way another attempt may fix; carries the error to report if none does."""
 
-    def __init__(self, error: UnavailableError, retry_after: float | None = None) -> None:
+    def __init__(self, error: UnavailableError, retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
+        self.status = status  # the HTTP status, if there was an answer (a 429 paces the whole location)
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

@@ -120,7 +120,9 @@ class ConnectionStore(Store):
                 fix=f"assign the role '{SECRETS_READER_ROLE}' on the workspace to {identity}.",
             )
         if status in RETRYABLE_STATUSES:
-            return TransientError(UnavailableError(f"{where}: {said}."), retry_after_seconds(response.headers))
+            return TransientError(
+                UnavailableError(f"{where}: {said}."), retry_after_seconds(response.headers), status=status
+            )
         return UnavailableError(f"{where}: unexpected answer {said}.", fix="see ARM's message above.")
 
     def extract(self, reference: ConnectionReference, fetched: Fetched) -> str:  # type: ignore[override]

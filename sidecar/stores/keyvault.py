@@ -141,5 +141,7 @@ class KeyVaultStore(Store):
                 "(or grant it 'get' in the vault's access policies).",
             )
         if status in RETRYABLE_STATUSES:
-            return TransientError(UnavailableError(f"{where}: {said}."), retry_after_seconds(exc.response.headers))
+            return TransientError(
+                UnavailableError(f"{where}: {said}."), retry_after_seconds(exc.response.headers), status=status
+            )
         return UnavailableError(f"{where}: unexpected answer {said}.", fix="see the vault's message above.")
