@@ -56,7 +56,7 @@ unset _sidecar_ref
 if [ -z "${SIDECAR_BIN:-}" ]; then
     if ! SIDECAR_BIN=$(command -v sidecar); then
         echo "entrypoint.sh: the environment holds secret references but 'sidecar' is not on PATH;" \
-            "install the sidecar in the image (see the README, "Containers") or set SIDECAR_BIN to its path" >&2
+            "install the sidecar in the image (see the README, Containers section) or set SIDECAR_BIN to its path" >&2
         exit 127
     fi
 fi
