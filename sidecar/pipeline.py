@@ -68,11 +68,11 @@ def resolve_environment(env: Mapping[str, str], settings: Settings) -> Report:
         report.resolutions = [Resolution(variable, value="".join(variable.parts)) for variable in variables]  # type: ignore[arg-type]
         return report
 
-    from sidecar.connect_to import new_session
     from sidecar.environment import resolve_variables
     from sidecar.identity import ManagedIdentity
     from sidecar.plan import make_plan
     from sidecar.resolve import Deadline, fetch_all
+    from sidecar.session import new_session
 
     deadline = Deadline(settings.timeout_s)
     identity = ManagedIdentity(settings, env)

@@ -153,10 +153,7 @@ class Pacer:
             self._changed.notify_all()
 
 
-def fetch_with_retries(
-    store: Store, key: Hashable, deadline: Deadline, max_attempts: int, pacer: Pacer | None = None
-) -> Outcome:
-    pacer = pacer or Pacer(1)
+def fetch_with_retries(store: Store, key: Hashable, deadline: Deadline, max_attempts: int, pacer: Pacer) -> Outcome:
     outcome = Outcome()
     start = time.monotonic()
     failures = 0  # transient failures other than 429: those count against max_attempts

@@ -15,7 +15,8 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import ManagedIdentityCredential
 from azure.keyvault.secrets import SecretClient
 
-from sidecar.connect_to import new_session, parse_connect_to
+from sidecar.connect_to import parse_connect_to
+from sidecar.session import new_session
 
 
 def main() -> None:

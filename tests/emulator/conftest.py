@@ -8,7 +8,8 @@ import pytest
 import requests
 from azure_emulator.launcher import EmulatorProcess
 
-from sidecar.connect_to import new_session, parse_connect_to
+from sidecar.connect_to import parse_connect_to
+from sidecar.session import new_session
 
 
 @pytest.fixture
