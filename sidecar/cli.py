@@ -6,15 +6,17 @@ Errors become exit codes here and only here (see sidecar.errors).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
@@ -22,7 +24,8 @@ from sidecar import __version__, logs
 from sidecar.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
-    ConfigurationError,
+    InternalError,
+    MalformedReferenceError,
     SidecarError,
     UsageError,
     exit_code_for,
@@ -30,6 +33,7 @@ from sidecar.errors import (
 from sidecar.settings import Settings, load_settings, log_settings
 
 if TYPE_CHECKING:
+    from sidecar.delivery import Delivery
     from sidecar.pipeline import Report
 
 log = structlog.get_logger("sidecar")
@@ -52,8 +56,9 @@ options (deferred form only): <reference>[?option&option...][#/json/pointer]
   #/a/b           RFC 6901 JSON pointer into a JSON value
   decode=base64   base64-decode the value
   format=pem      a PKCS#12 (PFX) certificate as PEM: certificate, chain, private key
-  file[=NAME]     write the value to SIDECAR_FILES_DIR/NAME (default: the variable's name),
-                  mode 0400, atomically; the variable holds the path
+  file[=NAME]     write the value to SIDECAR_FILES_DIR/NAME (default: the variable's name;
+                  1-255 of A-Z a-z 0-9 . _ -, not starting with '.'), mode 0400, atomically,
+                  never through a link; the variable holds the path
   e.g. TLS_CERT=keyvault:https://kv.vault.azure.net/secrets/web-cert?format=pem&file=tls.pem
 
 settings:
@@ -63,12 +68,13 @@ settings:
   AZUREML_ARM_SUBSCRIPTION, AZUREML_ARM_RESOURCEGROUP, AZUREML_ARM_WORKSPACE_NAME
                                                 workspace of connection references
   SIDECAR_ARM_ENDPOINT     ARM host (default https://management.azure.com)
-  SIDECAR_TIMEOUT          one deadline for the whole resolution, seconds (default 120)
-  SIDECAR_MAX_CONCURRENCY  parallel fetches (default 32)
-  SIDECAR_MAX_ATTEMPTS     attempts per request, transient failures only (default 10)
-  SIDECAR_CONNECT_TO       HOST:PORT:ADDRESS:PORT2[,...], loopback ADDRESS only (local runs, tests)
+  SIDECAR_TIMEOUT          one deadline for the whole resolution, seconds (default 120, at most 3600)
+  SIDECAR_MAX_CONCURRENCY  parallel fetches (default 32, at most 256)
+  SIDECAR_MAX_ATTEMPTS     attempts per request, transient failures only (default 10, at most 100)
+  SIDECAR_CONNECT_TO       HOST:PORT:ADDRESS:PORT2[,...], loopback IP ADDRESS only (local runs, tests)
   SIDECAR_LITERAL          variables whose values are never parsed (comma-separated names)
-  SIDECAR_FILES_DIR        directory for file delivery (default /dev/shm/sidecar; must be a tmpfs)
+  SIDECAR_FILES_DIR        directory for file delivery (default /dev/shm/sidecar; a tmpfs, no link in its
+                           path, the sidecar's own, not writable by others; created 0700 if missing)
   SIDECAR_FILES_ALLOW_DISK true: accept a SIDECAR_FILES_DIR that is not in memory
   SIDECAR_FILES_OWNER      UID[:GID] owning delivered files (default: the sidecar's user; needs root)
   SIDECAR_LOG_FORMAT       json (default) | console;  SIDECAR_LOG_LEVEL  info (default) | debug | warning | error
@@ -76,9 +82,9 @@ settings:
 
 exit codes:
   0 ok; 64 usage; 65 malformed reference or a value an environment variable cannot hold;
-  66 not found; 69 unavailable (network, retries exhausted, deadline); 77 permission denied;
-  78 configuration; 126 CMD not executable; 127 CMD not found. With several failures: the
-  first present of 65, 78, 77, 66, 69.
+  66 not found; 69 unavailable (network, retries exhausted, deadline, an answer of the wrong
+  shape); 70 internal error (a bug); 77 permission denied; 78 configuration; 126 CMD not
+  executable; 127 CMD not found. With several failures: the first present of 65, 78, 77, 66, 69.
 """
 
 
@@ -126,8 +132,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Init-container mode. Resolve exactly as exec would (same failures, same exit codes), then "
         "write the results for the next container to read, and exit 0: with --dir, one file per variable "
         "(DIR/NAME, mode 0400, written atomically; file-delivered references land there too); with --env-file, "
-        "NAME='value' lines a POSIX shell can source (set -a; . FILE; set +a). Both must be on a tmpfs "
-        "(e.g. an emptyDir with medium: Memory) unless SIDECAR_FILES_ALLOW_DISK=true.",
+        "NAME='value' lines a POSIX shell can source (set -a; . FILE; set +a). A name that is not a shell name "
+        "(--env-file) or a file name (--dir) is refused (65) before anything is fetched. Both directories must "
+        "be on a tmpfs (e.g. an emptyDir with medium: Memory) unless SIDECAR_FILES_ALLOW_DISK=true, without a "
+        "link in their path, and not writable by other users: a Kubernetes emptyDir is 0777, so render into a "
+        "subdirectory, which the sidecar creates (mode 0700).",
         epilog=REFERENCE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -181,6 +190,11 @@ def _fail(errors: Sequence[SidecarError]) -> NoReturn:
     _exit(code)
 
 
+def _printable(text: str) -> str:
+    """A cell as one line of text: a newline in a name cannot forge a row, a stray byte cannot fail the print."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+
+
 def _print_check(report: Report, fmt: str) -> None:
     rows = []
     failed = {}
@@ -222,7 +236,7 @@ def _print_check(report: Report, fmt: str) -> None:
         return
     columns = ("name", "store", "reference", "version", "length", "destination", "status", "ms", "attempts")
     table = [[col.upper() for col in columns]] + [
-        ["-" if row[col] is None else str(row[col]) for col in columns] for row in rows
+        ["-" if row[col] is None else _printable(str(row[col])) for col in columns] for row in rows
     ]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     for line in table:
@@ -245,12 +259,28 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except SidecarError as error:
         log.error("failed", status=error.status, exit_code=error.exit_code, error=error.message, fix=error.fix)
         _exit(error.exit_code)
+    except Exception as error:  # a bug: say where, never what (an exception's text may quote a value)
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        log.error(
+            "internal error",
+            exit_code=InternalError.exit_code,
+            error=type(error).__name__,
+            at=f"{Path(frame.filename).name}:{frame.lineno}",
+            fix="please report this with the line above; no value was written or passed on.",
+        )
+        _exit(InternalError.exit_code)
+
+
+def _delivery(settings: Settings, **render: Any) -> Delivery:
+    from sidecar.delivery import Delivery
+
+    return Delivery(settings.files_dir, settings.files_allow_disk, settings.files_owner, **render)
 
 
 def _check(settings: Settings, fmt: str) -> NoReturn:
     from sidecar.pipeline import log_report, resolve_environment
 
-    report = resolve_environment(os.environ, settings)
+    report = resolve_environment(os.environ, settings, _delivery(settings, create=False))
     log_report(report)
     _print_check(report, fmt)
     _exit(exit_code_for(report.errors))
@@ -264,15 +294,14 @@ def _exec(argv: list[str], settings: Settings) -> NoReturn:
     if not argv:
         raise UsageError("exec needs a command: sidecar exec -- CMD [ARG...]")
     path = _find_command(argv[0], os.environ.get("PATH"))
-    report = resolve_environment(os.environ, settings)
+    delivery = _delivery(settings)
+    report = resolve_environment(os.environ, settings, delivery)
     log_report(report)
     if report.errors:
         _fail(report.errors)
     from sidecar.environment import child_environment
-    from sidecar.pipeline import write_files
 
-    write_files(report, settings.files_owner)
-
+    delivery.write(report.resolutions)
     env = child_environment(os.environ, report.resolutions)
     log.info("exec", command=argv[0], path=path, pid=os.getpid())
     sys.stdout.flush()
@@ -280,34 +309,31 @@ def _exec(argv: list[str], settings: Settings) -> NoReturn:
     try:
         os.execve(path, argv, env)
     except OSError as exc:
+        if exc.errno == errno.E2BIG:
+            raise MalformedReferenceError(
+                "the environment and arguments together are too large to start CMD (E2BIG).",
+                fix="deliver the largest values as files: add '?file' to their references (deferred form).",
+            ) from None
         error_class = CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandNotExecutableError
         raise error_class(f"could not exec '{argv[0]}': {exc.strerror}.", fix="check CMD.") from None
 
 
 def _render(directory: Path | None, env_file: Path | None, settings: Settings) -> NoReturn:
-    from sidecar.delivery import check_directory, env_file_text, write_atomic
-    from sidecar.pipeline import log_report, resolve_environment, write_files
+    from sidecar.pipeline import log_report, resolve_environment
 
     if directory is None and env_file is None:
         raise UsageError("render needs --dir DIR and/or --env-file FILE.")
+    if env_file is not None and env_file.name in ("", ".", ".."):
+        raise UsageError(f"--env-file {env_file} does not name a file.")
+    render: dict[str, Any] = {"env_file": env_file.absolute() if env_file else None}
     if directory is not None:
-        directory = directory.absolute()
-        check_directory(directory, allow_disk=settings.files_allow_disk, setting="--dir")
-        settings = replace(settings, files_dir=directory)
-    if env_file is not None:
-        env_file = env_file.absolute()
-        check_directory(env_file.parent, allow_disk=settings.files_allow_disk, setting="--env-file")
-    report = resolve_environment(os.environ, settings)
+        render.update(every_variable_as_file=True)
+        settings = replace(settings, files_dir=directory.absolute())
+    delivery = _delivery(settings, **render)
+    report = resolve_environment(os.environ, settings, delivery)
     log_report(report)
     if report.errors:
         _fail(report.errors)
-    write_files(report, settings.files_owner, render_dir=directory)
-    if env_file is not None:
-        lines = [(r.variable.name, r.value) for r in report.resolutions if r.value is not None]
-        try:
-            write_atomic(env_file, env_file_text(lines), settings.files_owner)
-        except OSError as exc:
-            raise ConfigurationError(f"could not write {env_file}: {exc.strerror}.", fix="check --env-file.") from None
-        log.info("env_file", path=str(env_file), variables=len(lines))
+    delivery.write(report.resolutions)
     log.info("rendered", variables=len(report.resolutions))
     _exit(0)

@@ -3,9 +3,10 @@
 A request for HOST:PORT opens its TCP connection to ADDRESS:PORT2 instead, while
 TLS SNI, certificate verification and the Host header keep HOST. That lets local
 runs and tests reach the emulator with the references unchanged and with TLS
-verification on. ADDRESS must be loopback, so the setting can never send a
-token to another machine. The requests session that applies the rules is in
-`sidecar.session`.
+verification on. ADDRESS must be a loopback IP literal (127.0.0.0/8, ::1), so
+the setting can never send a token to another machine: a name such as
+`localhost` is refused, since /etc/hosts can point it anywhere. The requests
+session that applies the rules is in `sidecar.session`.
 """
 
 from __future__ import annotations
@@ -59,8 +60,6 @@ def _split_address(field: str) -> tuple[str, str]:
 
 
 def _is_loopback(address: str) -> bool:
-    if address.lower() == "localhost":
-        return True
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
@@ -70,7 +69,7 @@ def _is_loopback(address: str) -> bool:
 def _parse_port(text: str, what: str, *, optional: bool) -> int | None:
     if not text and optional:
         return None
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ValueError(f"{what} {text!r} is not a port number")
     return int(text)
 
@@ -86,7 +85,7 @@ def parse_connect_to(setting: str) -> list[ConnectToRule]:
                 raise ValueError("expected HOST:PORT:ADDRESS:PORT2")
             address, address_port = _split_address(target)
             if not _is_loopback(address):
-                raise ValueError(f"ADDRESS {address!r} is not a loopback address")
+                raise ValueError(f"ADDRESS {address!r} is not a loopback IP address (127.0.0.1, ::1)")
             rules.append(
                 ConnectToRule(
                     host=host.lower(),
@@ -98,7 +97,7 @@ def parse_connect_to(setting: str) -> list[ConnectToRule]:
         except ValueError as exc:
             raise ConfigurationError(
                 f"{SETTING} entry {entry!r} is invalid: {exc}.",
-                fix=f"write {SETTING}=HOST:PORT:ADDRESS:PORT2[,...] with a loopback ADDRESS, "
+                fix=f"write {SETTING}=HOST:PORT:ADDRESS:PORT2[,...] with a loopback IP ADDRESS, "
                 "e.g. '*.vault.azure.net:443:127.0.0.1:8443'.",
             ) from None
     return rules

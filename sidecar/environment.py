@@ -10,6 +10,7 @@ as it came (os.environ round-trips bytes through surrogateescape).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # resolve pulls in tenacity: only a run with references needs
     from sidecar.resolve import Outcome
 
 FILE_DELIVERY_FIX = "deliver it as a file: add '?file' to the reference (deferred form)."
+# Linux's limit on one NAME=value string passed to execve (MAX_ARG_STRLEN: 32 pages); past it, E2BIG.
+MAX_ENV_STRING_BYTES = 32 * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
@@ -85,6 +88,16 @@ def _env_text(data: str | bytes) -> str:
     return data
 
 
+def _check_exec_size(name: str, value: str) -> None:
+    size = len(os.fsencode(name)) + 1 + len(os.fsencode(value)) + 1
+    if size > MAX_ENV_STRING_BYTES:
+        raise MalformedReferenceError(
+            f"the value is {size} bytes as NAME=value, over the {MAX_ENV_STRING_BYTES} bytes Linux lets one "
+            "environment variable have when a program is started.",
+            fix=FILE_DELIVERY_FIX,
+        )
+
+
 def _validity_warnings(reference: str, fetched: Fetched) -> list[str]:
     now = datetime.now(timezone.utc)
     warnings = []
@@ -117,7 +130,10 @@ def _reference_data(plan: Plan, reference: Reference, outcome: Outcome, resoluti
     return data
 
 
-def resolve_variables(plan: Plan, outcomes: Mapping[FetchId, Outcome], files_dir: Path) -> list[Resolution]:
+def resolve_variables(
+    plan: Plan, outcomes: Mapping[FetchId, Outcome], files_dir: Path, *, exec_limit: bool = True
+) -> list[Resolution]:
+    """Each variable's new value; with `exec_limit`, a value too large to exec CMD with is a failure."""
     resolutions = []
     for variable in plan.variables:
         resolution = Resolution(variable)
@@ -146,7 +162,13 @@ def resolve_variables(plan: Plan, outcomes: Mapping[FetchId, Outcome], files_dir
             except SidecarError as error:
                 resolution.errors.append(error.for_variable(variable.name, str(part)))
         if resolution.ok and not resolution.unset:
-            resolution.value = "".join(pieces)
+            value = "".join(pieces)
+            try:
+                if exec_limit:
+                    _check_exec_size(variable.name, value)
+                resolution.value = value
+            except SidecarError as error:
+                resolution.errors.append(error.for_variable(variable.name))
         resolutions.append(resolution)
     return resolutions
 

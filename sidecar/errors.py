@@ -43,6 +43,13 @@ class SidecarError(Exception):
         return f"{text} Fix: {self.fix}" if self.fix else text
 
 
+class InternalError(SidecarError):
+    """An exception the sidecar did not expect: a bug. Reported by type and place only."""
+
+    exit_code = 70
+    status = "internal"
+
+
 class UsageError(SidecarError):
     exit_code = 64
     status = "usage"

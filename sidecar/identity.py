@@ -18,8 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from azure.core.credentials import AccessToken
-from azure.core.exceptions import AzureError
-from azure.identity import CredentialUnavailableError, ManagedIdentityCredential
+from azure.identity import ManagedIdentityCredential
 
 from sidecar.errors import ConfigurationError, SidecarError, UnavailableError
 from sidecar.logs import redactor
@@ -51,13 +50,50 @@ def identity_flavour(env: Mapping[str, str]) -> tuple[str, str]:
     return "imds", env.get("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://169.254.169.254").rstrip("/")
 
 
+WRONG_ANSWER_FIX = (
+    "check that the identity endpoint setting the platform provides (MSI_ENDPOINT, IDENTITY_ENDPOINT) or "
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST points at the identity endpoint itself, not at a proxy or another service."
+)
+MAX_ERROR_TEXT = 300
+
+
 @dataclass
 class _Answer:
-    """What the identity endpoint last said on this thread: the status and its OAuth error, never the token."""
+    """What the identity endpoint last said on this thread, in words of the sidecar's; never the body or the token."""
 
     status: int | None = None
-    error: str = ""
+    error: str = ""  # an error answer's OAuth error and description
+    problem: str = ""  # what is wrong with a success answer the SDK may not be able to use
     attempts: int = 0
+
+
+def _oauth_error(text: str) -> str:
+    """'error: error_description' of an OAuth error answer; nothing else of the body."""
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    fields = (body.get("error"), body.get("error_description"))
+    return ": ".join(" ".join(field.split())[:MAX_ERROR_TEXT] for field in fields if isinstance(field, str) and field)
+
+
+def _token_answer_problem(text: str) -> str:
+    """Why a success answer holds no usable token ('' if it looks usable); says what is missing, never quotes it."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return "the answer is not JSON"
+    except RecursionError:
+        return "the answer is JSON nested too deeply to read"
+    if not isinstance(body, dict):
+        return "the answer is not a JSON object"
+    if not isinstance(body.get("access_token"), str) or not body["access_token"]:
+        return "the answer has no access_token"
+    if not (body.get("expires_in") or body.get("expires_on")):
+        return "the answer has neither expires_in nor expires_on"
+    return ""
 
 
 class ManagedIdentity:
@@ -97,11 +133,9 @@ class ManagedIdentity:
         http = response.http_response
         answer.status = http.status_code
         if http.status_code >= 400:
-            try:
-                body = json.loads(http.text())
-                answer.error = f"{body.get('error', '')}: {body.get('error_description', '')}".strip(": ")
-            except (ValueError, AttributeError):
-                answer.error = ""
+            answer.error = _oauth_error(http.text())
+        elif 200 <= http.status_code < 300:
+            answer.problem = _token_answer_problem(http.text())
 
     def get_token(self, *scopes: str, **_: object) -> AccessToken:
         """The run's token for this audience; the first caller fetches it, the others wait for it."""
@@ -146,18 +180,31 @@ class ManagedIdentity:
             self.requests += 1
         try:
             token = self._credential.get_token(scope)
-        except (AzureError, CredentialUnavailableError, ValueError) as exc:
+        # Any failure here is the identity endpoint's: besides AzureError and ValueError, msal fails with
+        # AttributeError, TypeError... on answers it does not expect (a JSON list).
+        except Exception as exc:
             raise self._failure(resource, answer, exc) from None
         redactor.add(token.token)
         return token
 
     def _failure(self, resource: str, answer: _Answer, exc: Exception) -> SidecarError:
+        """The error for a failed token request: the endpoint's status and OAuth error, or the exception's type.
+
+        Never the exception's text: azure-core and azure-identity put the answer's body in it.
+        """
         said = (
             f"HTTP {answer.status}" + (f" {answer.error}" if answer.error else "")
             if answer.status
             else type(exc).__name__
         )
         where = f"the {self.flavour} identity endpoint {self.endpoint}"
+        if answer.status and 200 <= answer.status < 300:
+            problem = answer.problem or f"the SDK could not use it ({type(exc).__name__})"
+            return UnavailableError(
+                f"{where} answered HTTP {answer.status} to the token request for {resource} for {self.description}, "
+                f"but not with a usable token: {problem}.",
+                fix=WRONG_ANSWER_FIX,
+            )
         if answer.status == 400:
             return ConfigurationError(
                 f"{where} refused a token for {resource} for {self.description}: {said}.",

@@ -5,6 +5,11 @@ stdlib handler), passes one redaction processor last, so a value that is
 registered as sensitive (every fetched value, every token, MSI_SECRET) cannot
 reach stderr even at debug level or inside a traceback. The code never logs
 values in the first place; this is the net under that rule.
+
+Records of other libraries are first stripped of anything that can carry a
+response body (see `strip_foreign_content`): a body can hold a token before the
+redactor has heard of it, e.g. an identity endpoint's answer that the SDK could
+not use.
 """
 
 from __future__ import annotations
@@ -19,14 +24,27 @@ from typing import Any
 import structlog
 
 REDACTED = "[REDACTED]"
-# Tokens in headers or token-endpoint bodies, whoever logs them.
+CONTENT_REMOVED = "[content removed]"
+# Names of fields that carry a token or a credential (OAuth's access_token, refresh_token, id_token, client_secret,
+# client_assertion; ARM's clientSecret), matched as suffixes of a field name.
+_TOKEN_FIELDS = "token|secret|password|assertion"
+# Tokens in headers or token-endpoint bodies, whoever logs them, however quoted: "access_token": "x" (JSON),
+# 'access_token': 'x' (a Python repr), \"access_token\": \"x\" (JSON in a string), access_token=x (a form).
 _TOKEN_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r'(?i)("?(?:access_token|refresh_token|secret)"?\s*[:=]\s*"?)[^"\s,}]{4,}'),
+    re.compile(rf"(?i)((?:{_TOKEN_FIELDS})\b\\?[\"']?\s*[:=]\s*\\?[\"']?)[^\"'\s,;&}}\\]{{4,}}"),
 )
 # Shorter values are not scrubbed by substring: they would blank out ordinary words.
 MIN_REDACTED_LENGTH = 4
 THIRD_PARTY_LOGGERS = ("azure", "msal", "urllib3", "requests")
+OWN_LOGGER = "sidecar"
+# Where the installed SDKs put a response (or request) body into a log message's text, cut from there on:
+# azure-core's NetworkTraceLoggingPolicy "Response content:" / "Request body:" (pipeline/policies/_universal.py);
+# msal's "IMDS emits unexpected payload: %s" (managed_identity.py), "Unable to decode jwt payload: %s",
+# "Cloud Shell IMDS error: %s" (cloudshell.py), "... request receives: %s" (wstrust_request.py), "Malformed MEX
+# document: %s" (mex.py), "Got auth response: %s" (oauth2cli/authcode.py), "Token response is not in json format:
+# %s" (oauth2cli/oauth2.py), "_signout_silently() returns error: %s" (application.py).
+_CONTENT_MARKER = re.compile(r"(?i)\b(?:content|body|payload|error|receives|document|response|format)\s*:")
 
 
 class Redactor:
@@ -87,6 +105,51 @@ class Redactor:
 redactor = Redactor()
 
 
+def _exception_types(exc: BaseException) -> str:
+    """An exception and its causes, by type only: their text can quote a response body."""
+    names: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(names) < 8:
+        names.append(type(current).__name__)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return " from ".join(names)
+
+
+def strip_foreign_content(record: logging.LogRecord) -> None:
+    """Rewrite another library's record so that it cannot carry a response body.
+
+    Exceptions are shown by type only, as arguments and as exc_info alike: azure-core's
+    HttpResponseError appends the raw body to its text ("Content: ...", core/exceptions.py), and
+    azure-identity puts what msal made of the body (a Python repr of the token answer) into its
+    errors' text, which it then logs at warning level ("ManagedIdentityCredential.get_token failed:
+    %s", identity/_internal/decorators.py). Text after a body marker (_CONTENT_MARKER) is cut.
+    """
+    args = record.args if isinstance(record.args, tuple) else ()
+    if args:
+        record.args = tuple(_exception_types(arg) if isinstance(arg, BaseException) else arg for arg in args)
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed call in the library: its template alone still says what happened
+        message = str(record.msg)
+    marker = _CONTENT_MARKER.search(message)
+    if marker:
+        message = f"{message[: marker.end()]} {CONTENT_REMOVED}"
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and not any(arg is exc for arg in args):
+        message += f" ({_exception_types(exc)})"
+    record.msg, record.args = message, ()
+    record.exc_info, record.exc_text = None, None
+
+
+class _ForeignRecordFilter(logging.Filter):
+    """Strips the records of every logger that is not the sidecar's own (see strip_foreign_content)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != OWN_LOGGER and not record.name.startswith(OWN_LOGGER + "."):
+            strip_foreign_content(record)
+        return True
+
+
 def _event_first(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Put time, level and event first, so a line reads left to right."""
     head = {key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict}
@@ -119,6 +182,7 @@ def configure(log_format: str = "json", level: str = "info") -> None:
             ],
         )
     )
+    handler.addFilter(_ForeignRecordFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)

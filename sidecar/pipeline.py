@@ -11,15 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import structlog
 
-from sidecar.delivery import check_directory, write_atomic
+from sidecar.delivery import Delivery
 from sidecar.environment import Resolution
-from sidecar.errors import ConfigurationError, SidecarError
+from sidecar.errors import SidecarError
 from sidecar.references import ConnectionReference, KeyVaultReference, Variable, parse_environment
-from sidecar.settings import Settings
+from sidecar.settings import Settings, Workspace
 
 log = structlog.get_logger("sidecar")
 
@@ -34,39 +33,34 @@ class Report:
 
 
 def _workspace_errors(variables: list[Variable], settings: Settings) -> list[SidecarError]:
-    if not settings.workspace_missing:
+    if not isinstance(settings.workspace, SidecarError):
         return []
     return [
-        ConfigurationError(
-            f"a workspace connection reference needs the workspace, but {', '.join(settings.workspace_missing)} "
-            "is not set.",
-            variable=variable.name,
-            reference=str(reference),
-            fix="set AZUREML_ARM_SUBSCRIPTION, AZUREML_ARM_RESOURCEGROUP and AZUREML_ARM_WORKSPACE_NAME "
-            "to the workspace that holds the connection.",
-        )
+        settings.workspace.for_variable(variable.name, str(reference))
         for variable in variables
         for reference in variable.references
         if isinstance(reference, ConnectionReference)
     ]
 
 
-def resolve_environment(env: Mapping[str, str], settings: Settings) -> Report:
-    """Resolve every reference in `env`. Fails closed: any error leaves no value for that variable."""
+def resolve_environment(env: Mapping[str, str], settings: Settings, delivery: Delivery) -> Report:
+    """Resolve every reference in `env`. Fails closed: any error leaves no value for that variable.
+
+    Every name that becomes a path or a shell line is checked, and the directories values go to
+    are opened (`delivery.prepare`), before anything is fetched.
+    """
     started = time.monotonic()
     variables, errors = parse_environment(env, literal=settings.literal_variables)
     errors += _workspace_errors(variables, settings)
-    if any(reference.options.file for variable in variables for reference in variable.references):
-        try:
-            check_directory(settings.files_dir, allow_disk=settings.files_allow_disk, setting="SIDECAR_FILES_DIR")
-        except SidecarError as error:
-            errors.append(error)
+    errors += delivery.prepare(variables)
     report = Report(errors=errors)
     if errors:
         return report  # nothing is fetched, and no token requested, while a reference is wrong
     if not any(variable.references for variable in variables):
         report.resolutions = [Resolution(variable, value="".join(variable.parts)) for variable in variables]  # type: ignore[arg-type]
         return report
+    if isinstance(settings.ca_bundle, SidecarError):
+        raise settings.ca_bundle
 
     from sidecar.environment import resolve_variables
     from sidecar.identity import ManagedIdentity
@@ -84,7 +78,7 @@ def resolve_environment(env: Mapping[str, str], settings: Settings) -> Report:
         client_id_source=identity.client_id_source,
     )
     session = new_session(list(settings.connect_to), pool_maxsize=settings.max_concurrency)
-    verify: str | bool = settings.ca_bundle or True
+    verify: str | bool = settings.ca_bundle or True  # type: ignore[assignment]
     kinds = {reference.store for variable in variables for reference in variable.references}
     stores = {}
     if KeyVaultReference.store in kinds:
@@ -94,7 +88,7 @@ def resolve_environment(env: Mapping[str, str], settings: Settings) -> Report:
     if ConnectionReference.store in kinds:
         from sidecar.stores.connections import ConnectionStore
 
-        assert settings.workspace is not None
+        assert isinstance(settings.workspace, Workspace)
         stores[ConnectionStore.kind] = ConnectionStore(
             identity, session, verify, settings.arm_endpoint, settings.workspace
         )
@@ -102,7 +96,9 @@ def resolve_environment(env: Mapping[str, str], settings: Settings) -> Report:
     outcomes = fetch_all(
         plan, identity, deadline, max_concurrency=settings.max_concurrency, max_attempts=settings.max_attempts
     )
-    report.resolutions = resolve_variables(plan, outcomes, settings.files_dir)
+    report.resolutions = resolve_variables(
+        plan, outcomes, delivery.files_dir, exec_limit=delivery.values_reach_an_environment
+    )
     report.errors = [error for resolution in report.resolutions for error in resolution.errors]
     report.fetches = plan.fetch_count
     report.token_requests = identity.requests
@@ -147,30 +143,3 @@ def log_report(report: Report) -> None:
         token_requests=report.token_requests,
         ms=round(report.ms, 1),
     )
-
-
-def write_files(report: Report, owner: tuple[int, int] | None, render_dir: Path | None = None) -> None:
-    """Write every file-delivered value, and with `render_dir` every other value too, one file per variable.
-
-    Called only once everything resolved: a failed start writes nothing. The file of an optional
-    reference that is now missing is removed, so no stale secret outlives its source.
-    """
-    for resolution in report.resolutions:
-        path, data = resolution.file_path, resolution.file_data
-        if path is None and render_dir is not None:
-            path, data = render_dir / resolution.variable.name, (resolution.value or "").encode("utf-8")
-        if path is None:
-            continue
-        try:
-            if resolution.unset:
-                path.unlink(missing_ok=True)
-                continue
-            assert data is not None
-            write_atomic(path, data, owner)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"could not write {path}: {exc.strerror}.",
-                variable=resolution.variable.name,
-                fix="make the directory writable by the sidecar's user (SIDECAR_FILES_OWNER needs root).",
-            ) from None
-        log.info("file", variable=resolution.variable.name, path=str(path), length=len(data))

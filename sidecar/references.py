@@ -10,7 +10,9 @@ Two forms, one meaning:
   platform leaves for the container to resolve.
 
 Nothing here touches the network. Messages never echo a value that is not a
-reference, since it may be a secret a user typed in.
+reference, since it may be a secret a user typed in, nor the parts of a reference
+that may hold one: a URL's user part, a `default=`, and the text after a stray `&`
+or `#` (the tail of a default that was not percent-encoded). See `shown`.
 """
 
 from __future__ import annotations
@@ -28,15 +30,34 @@ KEYVAULT_SCHEME = "keyvault:"
 CONNECTION_PREFIX = "azureml://connections/"
 OPEN, CLOSE, ESCAPED_OPEN = "${{", "}}", "$${{"
 
-_VAULT_NAME = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]$")
-_SECRET_PATH = re.compile(r"^/secrets/(?P<name>[0-9A-Za-z-]{1,127})(?:/(?P<version>[^/]*))?/?$")
-_VERSION = re.compile(r"^[0-9a-fA-F]{32}$")
-_CONNECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$")
-_FIELD_NAME = re.compile(r"^[^/\s{}$?#&]+$")
+# Every pattern is applied with fullmatch: `$` would let a trailing newline through.
+_VAULT_NAME = re.compile(r"[a-z][a-z0-9-]{1,22}[a-z0-9]")
+_SECRET_PATH = re.compile(r"/secrets/(?P<name>[0-9A-Za-z-]{1,127})(?:/(?P<version>[^/]*))?/?")
+_VERSION = re.compile(r"[0-9a-fA-F]{32}")
+_CONNECTION_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}")
+_FIELD_NAME = re.compile(r"[^/\s{}$?#&]+")
 
 
 OPTION_NAMES = ("optional", "default", "decode", "format", "file")
-_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
+# One path component in a files directory: never '.', '..', hidden, or with a '/'; at most NAME_MAX bytes.
+FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}")
+FILE_NAME_RULE = "1-255 letters, digits, '.', '_' or '-', not starting with '.'"
+
+
+def shown(uri: str) -> str:
+    """A reference as messages may show it: without a URL's user part and without its options.
+
+    A password in `https://user:pw@vault...` and a `default=` (or its tail after a stray `&`/`#`)
+    must not reach a log line or the check table; the options are shown by `Options.__str__`
+    once they parsed.
+    """
+    base = re.split(r"[?#]", uri, maxsplit=1)[0]
+    has_options = len(base) < len(uri)
+    scheme, sep, rest = base.partition("://")
+    authority, slash, path = rest.partition("/")
+    if sep and "@" in authority:
+        base = f"{scheme}://<user>@{authority.rpartition('@')[2]}{slash}{path}"
+    return base + ("?<options>" if has_options else "")
 
 
 @dataclass(frozen=True)
@@ -70,7 +91,13 @@ class Options:
         if self.file:
             items.append(f"file={self.file_name}" if self.file_name else "file")
         text = "?" + "&".join(items) if items else ""
-        return text + (f"#{self.pointer}" if self.pointer is not None else "")
+        return text + (f"#{self.shown_pointer}" if self.pointer is not None else "")
+
+    @property
+    def shown_pointer(self) -> str:
+        """The pointer as messages show it: by length only next to a default, whose raw '#' it may be the tail of."""
+        assert self.pointer is not None
+        return f"<{len(self.pointer)} chars>" if self.default is not None else self.pointer
 
 
 NO_OPTIONS = Options()
@@ -78,10 +105,14 @@ NO_OPTIONS = Options()
 
 def parse_options(query: str, fragment: str | None) -> Options:
     values: dict[str, str | None] = {}
-    for item in filter(None, query.split("&")):
+    for position, item in enumerate(filter(None, query.split("&")), start=1):
         name, has_value, value = item.partition("=")
         if name not in OPTION_NAMES:
-            raise MalformedReferenceError(f"unknown option '{name}'; the options are: {', '.join(OPTION_NAMES)}.")
+            # Not echoed: an unknown option is often the tail of a default with a raw '&'.
+            raise MalformedReferenceError(
+                f"option {position} is not one of: {', '.join(OPTION_NAMES)}.",
+                fix="correct the option; inside a default, write '&' as %26 and '#' as %23.",
+            )
         if name in values:
             raise MalformedReferenceError(f"option '{name}' is given twice.")
         values[name] = unquote(value) if has_value else None
@@ -93,13 +124,19 @@ def parse_options(query: str, fragment: str | None) -> Options:
         if name in values and values[name] != allowed:
             raise MalformedReferenceError(f"option '{name}' must be '{name}={allowed}'.")
     file_name = values.get("file")
-    if file_name is not None and not _FILE_NAME.match(file_name):
-        raise MalformedReferenceError(f"file name '{file_name}' must be letters, digits, '.', '_' or '-', no '/'.")
+    if file_name is not None and not FILE_NAME.fullmatch(file_name):
+        raise MalformedReferenceError(
+            f"the name in 'file=' ({len(file_name)} chars) is not a file name: {FILE_NAME_RULE}."
+        )
     pointer = None
     if fragment is not None:
         pointer = unquote(fragment)
         if not pointer.startswith("/"):
-            raise MalformedReferenceError(f"the JSON pointer '#{fragment}' must start with '/' (RFC 6901).")
+            # Not echoed: text after a '#' is often the tail of a default with a raw '#'.
+            raise MalformedReferenceError(
+                "the JSON pointer after '#' must start with '/' (RFC 6901).",
+                fix="correct the pointer; inside a default, write '#' as %23.",
+            )
     return Options(
         optional="optional" in values or "default" in values,
         default=values.get("default"),
@@ -176,39 +213,46 @@ def is_reference_candidate(value: str) -> bool:
 
 def parse_keyvault(uri: str) -> KeyVaultReference:
     url = uri[len(KEYVAULT_SCHEME) :]
-    parts = urlsplit(url)
+    display = shown(uri)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError:
+        raise MalformedReferenceError(
+            f"reference '{display}' has an invalid vault URL (a bad port or a bad [IPv6] host)."
+        ) from None
     host = (parts.hostname or "").lower()
     if parts.scheme != "https":
-        raise MalformedReferenceError(f"reference '{uri}' must use an https:// vault URL.")
-    if parts.username or parts.password or parts.port not in (None, 443):
-        raise MalformedReferenceError(f"reference '{uri}' must not carry a user or a port in its vault URL.")
+        raise MalformedReferenceError(f"reference '{display}' must use an https:// vault URL.")
+    if "@" in parts.netloc or port not in (None, 443) or parts.netloc.endswith(":"):
+        raise MalformedReferenceError(f"reference '{display}' must not carry a user or a port in its vault URL.")
     cloud = cloud_for_vault_host(host)
     if cloud is None:
         raise ConfigurationError(
-            f"reference '{uri}' names host '{host}', which is not a Key Vault host of a known cloud; "
+            f"reference '{display}' names host '{host}', which is not a Key Vault host of a known cloud; "
             "no token is sent to it.",
             fix="use a vault URL ending in " + ", ".join(VAULT_SUFFIXES) + ".",
         )
     vault = host[: -len(cloud.vault_suffix)]
-    if not _VAULT_NAME.match(vault):
+    if not _VAULT_NAME.fullmatch(vault):
         raise MalformedReferenceError(
-            f"reference '{uri}': '{vault}' is not a valid vault name (3-24 letters, digits, -)."
+            f"reference '{display}': '{vault}' is not a valid vault name (3-24 letters, digits, -)."
         )
-    match = _SECRET_PATH.match(parts.path)
+    match = _SECRET_PATH.fullmatch(parts.path)
     if not match:
         raise MalformedReferenceError(
-            f"reference '{uri}' must have the path /secrets/<name>[/<version>] (name: 1-127 letters, digits, -)."
+            f"reference '{display}' must have the path /secrets/<name>[/<version>] (name: 1-127 letters, digits, -)."
         )
     version = match["version"] or None
-    if version is not None and not _VERSION.match(version):
-        raise MalformedReferenceError(f"reference '{uri}': version '{version}' is not 32 hexadecimal characters.")
+    if version is not None and not _VERSION.fullmatch(version):
+        raise MalformedReferenceError(f"reference '{display}': the version is not 32 hexadecimal characters.")
     return KeyVaultReference(f"https://{host}", match["name"], version.lower() if version else None, cloud)
 
 
 def parse_connection(uri: str) -> ConnectionReference:
     segments = uri[len(CONNECTION_PREFIX) :].split("/")
     name, rest = segments[0], segments[1:]
-    if not _CONNECTION_NAME.match(name):
+    if not _CONNECTION_NAME.fullmatch(name):
         raise MalformedReferenceError(
             f"reference '{uri}': '{name}' is not a valid connection name (3-33 letters, digits, _ or -)."
         )
@@ -216,7 +260,7 @@ def parse_connection(uri: str) -> ConnectionReference:
         return ConnectionReference(name, "connection")
     if rest == ["target"]:
         return ConnectionReference(name, "target")
-    if len(rest) == 2 and rest[0] in ("credentials", "metadata") and _FIELD_NAME.match(rest[1]):
+    if len(rest) == 2 and rest[0] in ("credentials", "metadata") and _FIELD_NAME.fullmatch(rest[1]):
         return ConnectionReference(name, rest[0], rest[1])  # type: ignore[arg-type]
     raise MalformedReferenceError(
         f"reference '{uri}' must be azureml://connections/<name>[/target|/credentials/<key>|/metadata/<key>]."
@@ -226,7 +270,7 @@ def parse_connection(uri: str) -> ConnectionReference:
 def parse_reference(uri: str) -> Reference:
     if "?" in uri or "#" in uri:
         raise MalformedReferenceError(
-            f"reference '{uri}' has options ('?' or '#'); options belong to the deferred form only "
+            f"reference '{shown(uri)}' has options ('?' or '#'); options belong to the deferred form only "
             "(the whole value, without ${{ }})."
         )
     if uri.startswith(KEYVAULT_SCHEME):
@@ -234,7 +278,7 @@ def parse_reference(uri: str) -> Reference:
     if uri.startswith(CONNECTION_PREFIX):
         return parse_connection(uri)
     raise MalformedReferenceError(
-        f"'{uri}' is not a reference: expected keyvault:https://... or azureml://connections/..."
+        f"'{shown(uri)}' is not a reference: expected keyvault:https://... or azureml://connections/..."
     )
 
 
@@ -281,14 +325,22 @@ def parse_deferred(value: str) -> Reference:
         _, options = split_options(value)
         return replace(parse_reference(base), options=options)
     except SidecarError as error:
-        error.reference = error.reference or base  # the options are left out: a default may be sensitive
+        error.reference = error.reference or shown(value)
         raise
 
 
 def parse_variable(name: str, value: str) -> Variable | None:
     """The variable's parts, or None when the value holds no reference and no escape."""
     if value.startswith(KEYVAULT_SCHEME) or value.startswith(CONNECTION_PREFIX):
-        return Variable(name, "deferred", (parse_deferred(value),))
+        reference = parse_deferred(value)
+        if reference.options.file and reference.options.file_name is None and not FILE_NAME.fullmatch(name):
+            raise MalformedReferenceError(
+                f"'file' names the file after the variable, but the variable's name is not a file name "
+                f"({FILE_NAME_RULE}).",
+                reference=str(reference),
+                fix="name the file: file=NAME.",
+            )
+        return Variable(name, "deferred", (reference,))
     if OPEN not in value:
         return None
     return Variable(name, "platform", parse_platform_value(value))

@@ -11,7 +11,8 @@
 - A 429 slows the whole location (vault, workspace) down, not one fetch: see
   Pacer. 429s are bounded by the deadline, not by SIDECAR_MAX_ATTEMPTS.
 - The workers are never joined: at the deadline the caller reports what did not
-  finish and exits (or execs), whatever a stuck socket is doing.
+  finish and exits (or execs), whatever a stuck socket is doing. So a worker
+  never lets an exception escape: every fetch ends with an Outcome.
 """
 
 from __future__ import annotations
@@ -185,6 +186,15 @@ def fetch_with_retries(store: Store, key: Hashable, deadline: Deadline, max_atte
         outcome.error = exc.error
     except SidecarError as exc:
         outcome.error = exc
+    except Exception as exc:
+        # A failure the store did not anticipate (a bug, an answer of a shape nobody expected) must still end
+        # this fetch now: lost in a worker, it would leave the run waiting for the deadline. Its type only:
+        # an exception's text can quote the store's answer.
+        outcome.error = UnavailableError(
+            f"{store.describe(key)}: the fetch failed unexpectedly ({type(exc).__name__}); not retried.",
+            fix="check that nothing between the sidecar and the store (a proxy, a SIDECAR_CONNECT_TO rule) answers "
+            "in the store's place; if the store is genuine, report this as a sidecar bug.",
+        )
     outcome.ms = (time.monotonic() - start) * 1000
     return outcome
 

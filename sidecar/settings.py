@@ -6,6 +6,7 @@ Every `SIDECAR_*` variable is the sidecar's and is removed from CMD's environmen
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 from sidecar.clouds import ARM_HOSTS
 from sidecar.connect_to import ConnectToRule, parse_connect_to
 from sidecar.errors import ConfigurationError
+from sidecar.references import shown
 
 PREFIX = "SIDECAR_"
 # Long enough for IMDS's ~70 s upgrade window (410s) plus the fetches after it.
@@ -24,6 +26,18 @@ DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 # /dev/shm is a tmpfs in Docker, containerd and Kubernetes containers alike.
 DEFAULT_FILES_DIR = "/dev/shm/sidecar"
 TRUE_WORDS = ("1", "true", "yes", "on")
+# Upper bounds keep every number usable by the clock, the thread pool and the retry loop.
+MAX_TIMEOUT_S = 3600.0
+MAX_CONCURRENCY = 256
+MAX_ATTEMPTS = 100
+MAX_ID = 2**32 - 2  # the largest uid/gid Linux accepts ((uid_t)-1 means "unchanged")
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_WHOLE = re.compile(r"[0-9]+")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+# Azure's own patterns (azure-rest-api-specs: common-types ResourceGroupNameParameter, and
+# Microsoft.MachineLearningServices WorkspaceNameParameter); they also keep the ARM path whole.
+_RESOURCE_GROUP = re.compile(r"[-\w._()]{0,89}[-\w_()]")
+_WORKSPACE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("info", "debug", "warning", "error")  # the first is the default
 
@@ -46,26 +60,25 @@ class Settings:
     log_level: str
     connect_to: tuple[ConnectToRule, ...]
     arm_endpoint: str
-    workspace: Workspace | None
-    workspace_missing: tuple[str, ...]
+    workspace: Workspace | ConfigurationError  # the error when missing or invalid: only connections need it
     literal_variables: frozenset[str]
-    ca_bundle: str | None
+    ca_bundle: str | ConfigurationError | None  # None: the system's trust
     files_dir: Path
     files_allow_disk: bool
     files_owner: tuple[int, int] | None
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, maximum: float, *, integer: bool) -> float:
+    """A plain decimal number in (0, maximum]: no sign, exponent, inf or nan."""
     text = env.get(name, "").strip()
     if not text:
         return default
-    try:
-        value = int(text) if integer else float(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        kind = "a whole number" if integer else "a number of seconds"
-        raise ConfigurationError(f"{name}={text!r} is not {kind} above 0.", fix=f"set {name} to e.g. {default:g}.")
+    pattern, kind = (_WHOLE, "a whole number") if integer else (_SECONDS, "a number of seconds")
+    value = float(text) if pattern.fullmatch(text) else 0.0
+    if not 0 < value <= maximum:
+        raise ConfigurationError(
+            f"{name}={text!r} is not {kind} above 0 and at most {maximum:g}.", fix=f"set {name} to e.g. {default:g}."
+        )
     return value
 
 
@@ -79,14 +92,24 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
 
 
 def _arm_endpoint(env: Mapping[str, str]) -> str:
+    """`https://<ARM host of a known cloud>`, optionally with a trailing '/': nothing else may ride along."""
     text = env.get("SIDECAR_ARM_ENDPOINT", "").strip() or DEFAULT_ARM_ENDPOINT
-    parts = urlsplit(text)
-    if parts.scheme != "https" or (parts.hostname or "") not in ARM_HOSTS or parts.path.strip("/") or parts.port:
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # a bad [IPv6] host
+        parts = urlsplit("")
+    if (
+        parts.scheme != "https"
+        or parts.netloc not in ARM_HOSTS
+        or parts.path not in ("", "/")
+        or "?" in text
+        or "#" in text
+    ):
         raise ConfigurationError(
-            f"SIDECAR_ARM_ENDPOINT={text!r} is not an Azure Resource Manager endpoint of a known cloud.",
+            f"SIDECAR_ARM_ENDPOINT={shown(text)!r} is not an Azure Resource Manager endpoint of a known cloud.",
             fix="use one of " + ", ".join(f"https://{host}" for host in sorted(ARM_HOSTS)) + ".",
         )
-    return f"https://{parts.hostname}"
+    return f"https://{parts.netloc}"
 
 
 def _owner(env: Mapping[str, str]) -> tuple[int, int] | None:
@@ -94,12 +117,15 @@ def _owner(env: Mapping[str, str]) -> tuple[int, int] | None:
     if not text:
         return None
     uid, _, gid = text.partition(":")
-    if not uid.isdigit() or not (gid.isdigit() or gid == ""):
+    ids = [int(uid) if _WHOLE.fullmatch(uid) else -1, int(gid) if _WHOLE.fullmatch(gid) else -1]
+    if not gid:
+        ids[1] = os.getegid()
+    if not all(0 <= value <= MAX_ID for value in ids):
         raise ConfigurationError(
-            f"SIDECAR_FILES_OWNER={text!r} is not UID[:GID].",
+            f"SIDECAR_FILES_OWNER={text!r} is not UID[:GID] (numbers from 0 to {MAX_ID}).",
             fix="set it to the numeric user (and group) of the server.",
         )
-    return int(uid), int(gid) if gid else os.getegid()
+    return ids[0], ids[1]
 
 
 def _files_dir(env: Mapping[str, str]) -> Path:
@@ -107,6 +133,63 @@ def _files_dir(env: Mapping[str, str]) -> Path:
     if not text.startswith("/"):
         raise ConfigurationError(f"SIDECAR_FILES_DIR={text!r} is not an absolute path.", fix="give an absolute path.")
     return Path(text)
+
+
+def _client_id(env: Mapping[str, str]) -> tuple[str | None, str]:
+    for name in ("SIDECAR_CLIENT_ID", "DEFAULT_IDENTITY_CLIENT_ID"):
+        value = env.get(name, "").strip()
+        if value:
+            if not _GUID.fullmatch(value):
+                raise ConfigurationError(
+                    f"{name}={value!r} is not a client id (a GUID such as 00000000-0000-0000-0000-000000000000).",
+                    fix=f"set {name} to the client id of the managed identity (not its name or resource id).",
+                )
+            return value, name
+    return None, "none (system-assigned)"
+
+
+def _workspace(env: Mapping[str, str]) -> Workspace | ConfigurationError:
+    """The workspace of connection references, each part checked against Azure's pattern; or what is wrong.
+
+    Not raised here: only a run with a connection reference needs the workspace.
+    """
+    checks = (
+        ("AZUREML_ARM_SUBSCRIPTION", _GUID, "a subscription id (a GUID)"),
+        (
+            "AZUREML_ARM_RESOURCEGROUP",
+            _RESOURCE_GROUP,
+            "a resource group name (1-90 letters, digits, -_.(), not ending in '.')",
+        ),
+        ("AZUREML_ARM_WORKSPACE_NAME", _WORKSPACE_NAME, "a workspace name (3-33 letters, digits, _ or -)"),
+    )
+    values = [env.get(name, "").strip() for name, _, _ in checks]
+    missing = [name for (name, _, _), value in zip(checks, values, strict=True) if not value]
+    if missing:
+        return ConfigurationError(
+            f"a workspace connection reference needs the workspace, but {', '.join(missing)} is not set.",
+            fix="set AZUREML_ARM_SUBSCRIPTION, AZUREML_ARM_RESOURCEGROUP and AZUREML_ARM_WORKSPACE_NAME "
+            "to the workspace that holds the connection.",
+        )
+    for (name, pattern, kind), value in zip(checks, values, strict=True):
+        if not pattern.fullmatch(value):
+            return ConfigurationError(
+                f"{name}={value!r} is not {kind}.", fix=f"set {name} to the workspace's value in the Azure portal."
+            )
+    return Workspace(*values)
+
+
+def _ca_bundle(env: Mapping[str, str]) -> str | ConfigurationError | None:
+    """Extra TLS trust, or what is wrong with it (raised only by a run that fetches)."""
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        path = env.get(name)
+        if path:
+            if not os.access(path, os.R_OK):
+                return ConfigurationError(
+                    f"{name}={path!r} is not a readable file or directory of CA certificates.",
+                    fix=f"point {name} at a PEM bundle, or unset it to trust the system's CAs.",
+                )
+            return path
+    return None
 
 
 def log_settings(env: Mapping[str, str]) -> tuple[str, str]:
@@ -119,28 +202,22 @@ def log_settings(env: Mapping[str, str]) -> tuple[str, str]:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise ConfigurationError naming the variable and the fix."""
     env = os.environ if env is None else env
-    client_id, source = None, "none (system-assigned)"
-    for name in ("SIDECAR_CLIENT_ID", "DEFAULT_IDENTITY_CLIENT_ID"):
-        if env.get(name, "").strip():
-            client_id, source = env[name].strip(), name
-            break
-    workspace_vars = ("AZUREML_ARM_SUBSCRIPTION", "AZUREML_ARM_RESOURCEGROUP", "AZUREML_ARM_WORKSPACE_NAME")
-    values = [env.get(name, "").strip() for name in workspace_vars]
-    missing = tuple(name for name, value in zip(workspace_vars, values, strict=False) if not value)
+    client_id, source = _client_id(env)
     return Settings(
         client_id=client_id,
         client_id_source=source,
-        timeout_s=_number(env, "SIDECAR_TIMEOUT", DEFAULT_TIMEOUT_S, integer=False),
-        max_concurrency=int(_number(env, "SIDECAR_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, integer=True)),
-        max_attempts=int(_number(env, "SIDECAR_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, integer=True)),
+        timeout_s=_number(env, "SIDECAR_TIMEOUT", DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, integer=False),
+        max_concurrency=int(
+            _number(env, "SIDECAR_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY, integer=True)
+        ),
+        max_attempts=int(_number(env, "SIDECAR_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS, integer=True)),
         log_format=_choice(env, "SIDECAR_LOG_FORMAT", LOG_FORMATS),
         log_level=_choice(env, "SIDECAR_LOG_LEVEL", LOG_LEVELS),
         connect_to=tuple(parse_connect_to(env.get("SIDECAR_CONNECT_TO", ""))),
         arm_endpoint=_arm_endpoint(env),
-        workspace=None if missing else Workspace(*values),
-        workspace_missing=missing,
+        workspace=_workspace(env),
         literal_variables=frozenset(name.strip() for name in env.get("SIDECAR_LITERAL", "").split(",") if name.strip()),
-        ca_bundle=env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or None,
+        ca_bundle=_ca_bundle(env),
         files_dir=_files_dir(env),
         files_allow_disk=env.get("SIDECAR_FILES_ALLOW_DISK", "").strip().lower() in TRUE_WORDS,
         files_owner=_owner(env),

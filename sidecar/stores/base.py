@@ -79,6 +79,10 @@ class Store(ABC):
     def location(self, key: Hashable) -> str:
         """The vault or connection a key belongs to (for grouping and messages)."""
 
+    def describe(self, key: Hashable) -> str:
+        """What a fetch is, for messages: the store, its location and what is fetched there."""
+        return f"{self.kind} {self.location(key)}"
+
     @abstractmethod
     def audience(self, key: Hashable) -> str:
         """The token scope the fetch needs, so that tokens can be requested ahead of the fetches."""

@@ -2,6 +2,7 @@
 
 One POST per connection, however many references use it; each reference then
 picks its part (target, a credential, a metadata value, or the whole JSON).
+A 200 answer is checked for the shape the picking relies on before it is kept.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from sidecar.stores.base import (
 
 API_VERSION = "2024-04-01"
 SECRETS_READER_ROLE = "Azure Machine Learning Workspace Connection Secrets Reader"
+# A List Secrets answer is a few levels deep; a deeper one is refused before anything walks it (here, json.dumps,
+# JSON pointers), so that no walk can exhaust the stack.
+MAX_JSON_DEPTH = 32
 
 
 def _arm_error(response: requests.Response) -> str:
@@ -38,6 +42,36 @@ def _arm_error(response: requests.Response) -> str:
         return f"HTTP {response.status_code}"
     message = " ".join(str(body.get("message", "")).split())[:300]
     return f"HTTP {response.status_code} {body.get('code', '')}" + (f": {message}" if message else "")
+
+
+def _depth(value: object) -> int:
+    """How deeply a parsed JSON value nests (a scalar is 0), found without recursion."""
+    deepest = 0
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+            deepest = max(deepest, depth + 1)
+    return deepest
+
+
+def _shape_problem(connection: object) -> str:
+    """What is wrong with the shape of a List Secrets answer, in the sidecar's words ('' if nothing)."""
+    if not isinstance(connection, dict):
+        return "is not a JSON object"
+    if _depth(connection) > MAX_JSON_DEPTH:
+        return f"is JSON nested more than {MAX_JSON_DEPTH} levels deep"
+    properties = connection.get("properties")
+    if properties is None:
+        return ""
+    if not isinstance(properties, dict):
+        return "has a 'properties' that is not a JSON object"
+    for name in ("credentials", "metadata"):
+        if properties.get(name) is not None and not isinstance(properties[name], dict):
+            return f"has a 'properties.{name}' that is not a JSON object"
+    return ""
 
 
 def _leaves(value: object) -> Iterator[str]:
@@ -80,8 +114,11 @@ class ConnectionStore(Store):
     def audience(self, key: Hashable) -> str:
         return self._scope
 
+    def describe(self, key: Hashable) -> str:
+        return f"connection '{key}' in workspace '{self._workspace.name}'"
+
     def fetch(self, key: Hashable, timeout: float) -> Fetched:
-        where = f"connection '{key}' in workspace '{self._workspace.name}'"
+        where = self.describe(key)
         token = self._identity.get_token(self._scope)
         try:
             response = self._session.post(
@@ -98,7 +135,17 @@ class ConnectionStore(Store):
             try:
                 connection = response.json()
             except ValueError:
-                raise UnavailableError(f"{where}: ARM answered 200 without JSON.") from None
+                problem = "is not JSON"
+            except RecursionError:
+                problem = "is JSON nested too deeply to read"
+            else:
+                problem = _shape_problem(connection)
+            if problem:
+                raise UnavailableError(
+                    f"{where}: ARM's List Secrets answer (HTTP 200) {problem}.",
+                    fix="check that nothing between the sidecar and ARM (a proxy, a SIDECAR_CONNECT_TO rule) "
+                    "answers in ARM's place.",
+                )
             for value in _leaves((connection.get("properties") or {}).get("credentials")):
                 redactor.add(value)
             return Fetched(connection)

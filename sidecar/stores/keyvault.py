@@ -2,17 +2,30 @@
 
 TLS verification and challenge-resource verification stay on; the SDK's own
 retries are off (retry_total=0) so that `sidecar.resolve` is the one retry layer.
+
+The SDK trusts the shape of a 200 answer: a body of the wrong shape makes it fail
+with DecodeError, RecursionError, AttributeError, ValueError... or hand back
+`exp`/`nbf` as whatever the body held. Each becomes an UnavailableError here that
+says what was wrong, never the exception's text (it can quote the body).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import traceback
 from collections.abc import Hashable
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import requests
-from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    DecodeError,
+    HttpResponseError,
+    IncompleteReadError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.core.pipeline.transport import RequestsTransport
 from azure.keyvault.secrets import SecretClient
 
@@ -51,6 +64,28 @@ def _error_codes(error: HttpResponseError) -> tuple[str, str, str]:
     return body.get("code", ""), inner.get("code", ""), message
 
 
+def _refused_challenge(exc: ValueError) -> bool:
+    """Whether the SDK's challenge-resource check raised this ValueError.
+
+    The SDK raises a plain ValueError from _validate_challenge_resource (keyvault/secrets/_shared/
+    challenge_auth_policy.py) when the challenge names a resource the vault's host is not under, before
+    it asks for a token for it; every other ValueError (e.g. an answer whose `id` is not a secret id)
+    comes after the request with the token was sent.
+    """
+    innermost = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        innermost = frame
+    return innermost is not None and innermost.f_code.co_name == "_validate_challenge_resource"
+
+
+def _bad_answer(where: str, what: str) -> UnavailableError:
+    return UnavailableError(
+        f"{where}: the vault's answer {what}.",
+        fix="check that nothing between the sidecar and the vault (a proxy, a SIDECAR_CONNECT_TO rule) answers "
+        "in the vault's place.",
+    )
+
+
 class KeyVaultStore(Store):
     kind = "keyvault"
     first_fetch_alone = True
@@ -87,9 +122,13 @@ class KeyVaultStore(Store):
                 )
             return client
 
+    def describe(self, key: Hashable) -> str:
+        vault_url, name, version = key  # type: ignore[misc]
+        return f"vault {vault_url}, secret '{name}'" + (f" version {version}" if version else " (latest)")
+
     def fetch(self, key: Hashable, timeout: float) -> Fetched:
         vault_url, name, version = key  # type: ignore[misc]
-        where = f"vault {vault_url}, secret '{name}'" + (f" version {version}" if version else " (latest)")
+        where = self.describe(key)
         try:
             secret = self._client(vault_url).get_secret(
                 name,
@@ -97,28 +136,42 @@ class KeyVaultStore(Store):
                 connection_timeout=min(CONNECT_TIMEOUT_S, timeout),
                 read_timeout=timeout,
             )
+            redactor.add(secret.value)
+            properties = secret.properties  # read inside the try: the SDK parses attributes when they are read
+            fetched = Fetched(
+                secret.value if secret.value is not None else "",
+                properties.version,
+                expires_on=properties.expires_on,
+                not_before=properties.not_before,
+                content_type=properties.content_type,
+            )
         except SidecarError:
             raise  # the identity's own, already explained
-        except (ServiceRequestError, ServiceResponseError) as exc:
+        except (ServiceRequestError, ServiceResponseError, IncompleteReadError) as exc:
             raise TransientError(
                 UnavailableError(f"{where}: no answer from the vault ({type(exc).__name__}).")
             ) from None
+        except DecodeError:  # not JSON, or not decodable (Content-Encoding)
+            raise _bad_answer(where, "could not be decoded as JSON") from None
         except HttpResponseError as exc:
             raise self._failure(exc, where) from None
-        except ValueError as exc:  # the SDK refused the challenge: the host and the token audience disagree
+        except ValueError as exc:  # also DeserializationError, and "'...' is not a valid ID" for a bad `id`
+            if not _refused_challenge(exc):
+                raise _bad_answer(where, f"is not a secret bundle ({type(exc).__name__})") from None
+            refusal = str(exc).split(". ")[0]  # the rest of the SDK's text advises turning the check off
             raise ConfigurationError(
-                f"{where}: the vault's authentication challenge does not match its host ({exc}); no token was sent.",
+                f"{where}: the vault's authentication challenge does not match its host ({refusal}); "
+                "no token was sent for it.",
                 fix="check that the vault URL is the vault's own DNS name.",
             ) from None
-        properties = secret.properties
-        redactor.add(secret.value)
-        return Fetched(
-            secret.value if secret.value is not None else "",
-            properties.version,
-            expires_on=properties.expires_on,
-            not_before=properties.not_before,
-            content_type=properties.content_type,
-        )
+        except RecursionError:
+            raise _bad_answer(where, "is JSON nested too deeply to read") from None
+        except (AttributeError, TypeError) as exc:
+            raise _bad_answer(where, f"is not a secret bundle ({type(exc).__name__})") from None
+        for field, value in (("exp", fetched.expires_on), ("nbf", fetched.not_before)):
+            if value is not None and not isinstance(value, datetime):
+                raise _bad_answer(where, f"has an attributes.{field} that is not a Unix time")
+        return fetched
 
     def _failure(self, exc: HttpResponseError, where: str) -> SidecarError | TransientError:
         status = exc.status_code or 0

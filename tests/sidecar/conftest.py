@@ -5,12 +5,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import pytest
-from sidecar_helpers import RECORDER, RUN_TIMEOUT_S, WORKSPACE, SidecarRun, assert_no_leak
+from sidecar_helpers import RECORDER, RUN_TIMEOUT_S, WORKSPACE, SidecarRun, assert_no_leak, fs_type
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    """A fresh path on /dev/shm (a tmpfs), not created; removed afterwards."""
+    path = Path("/dev/shm") / f"sidecar-test-{uuid.uuid4().hex}"
+    assert fs_type(Path("/dev/shm")) == "tmpfs", "these tests need /dev/shm to be a tmpfs"
+    yield path
+    if path.is_symlink():
+        path.unlink()
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

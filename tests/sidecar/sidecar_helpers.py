@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 RECORDER = Path(__file__).with_name("record_env.py")
+README = Path(__file__).resolve().parents[2] / "README.md"
 SUBSCRIPTION = "00000000-0000-4000-8000-0000000000a1"
 WORKSPACE = {
     "AZUREML_ARM_SUBSCRIPTION": SUBSCRIPTION,
@@ -73,3 +76,17 @@ def kv(name: str, version: str = "", *, vault: str = KV, options: str = "") -> s
 def platform(uri: str) -> str:
     """The same reference in the platform form."""
     return "${{" + uri + "}}"
+
+
+def fs_type(path: Path) -> str:
+    """The filesystem type by coreutils, independent of the sidecar's own detection."""
+    return subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def documented_exit_codes() -> set[int]:
+    """The codes in the README's exit-code table (`| 65 | ...`, `| 126 / 127 | ...`)."""
+    section = README.read_text().split("### Exit codes", 1)[1].split("\n### ", 1)[0]
+    cells = re.findall(r"^\| ([0-9][0-9 /]*) \|", section, re.MULTILINE)
+    return {int(code) for cell in cells for code in cell.split("/")}

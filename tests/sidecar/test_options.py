@@ -6,11 +6,9 @@ import base64
 import datetime as dt
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -19,17 +17,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
-from sidecar_helpers import RECORDER, kv
+from sidecar_helpers import RECORDER, fs_type, kv
 
 B64_TEXT = "fake-b64-plain-text"
 BINARY = b"\x00\x01fake-binary-\xff\xfe"
-
-
-def fs_type(path: Path) -> str:
-    """The filesystem type by coreutils, independent of the sidecar's own detection."""
-    return subprocess.run(
-        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def make_pfx() -> tuple[bytes, x509.Certificate, x509.Certificate, bytes]:
@@ -57,15 +48,6 @@ def make_pfx() -> tuple[bytes, x509.Certificate, x509.Certificate, bytes]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return pfx, leaf, ca, key_pem
-
-
-@pytest.fixture
-def shm_dir():
-    """A fresh directory on /dev/shm (a tmpfs), removed afterwards."""
-    path = Path("/dev/shm") / f"sidecar-test-{uuid.uuid4().hex}"
-    assert fs_type(Path("/dev/shm")) == "tmpfs", "these tests need /dev/shm to be a tmpfs"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

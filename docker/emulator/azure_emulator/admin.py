@@ -150,7 +150,7 @@ class AdminClient:
             url += "?" + urllib.parse.urlencode(params)
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(url, data=data, method=method)
-        if data is not None:
+        if method != "GET":  # the admin API refuses any other method without it (admin_guard)
             request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:

@@ -11,8 +11,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from azure_emulator import admin_guard, imds, msi, tls
 from azure_emulator import fixture as fixture_module
-from azure_emulator import imds, msi, tls
 from azure_emulator.clouds import connect_to_setting
 from azure_emulator.server import EmulatorServer
 from azure_emulator.state import State
@@ -32,7 +32,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--state-dir", help="keeps the CA (reused if present); default: a fresh temp dir")
     parser.add_argument("--ca-out", help="also copy the CA certificate (PEM) to this path")
     parser.add_argument("--log-requests", action="store_true", help="one line per request on stderr")
+    parser.add_argument(
+        "--admin-host",
+        action="append",
+        default=[],
+        type=_admin_host,
+        metavar="NAME",
+        help="a Host name the admin API answers besides loopback addresses and localhost (repeatable)",
+    )
     return parser.parse_args(argv)
+
+
+def _admin_host(value: str) -> str:
+    try:
+        return admin_guard.canonical_host(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +75,12 @@ def _serve(args: argparse.Namespace, raw: dict, fixture_path: Path, state_dir: P
     if args.ca_out:
         tls.copy_ca(ca_path, args.ca_out)
     state = State(raw, fixture_path, ca_path)
+    # Clients reach a wildcard bind through loopback.
+    address = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    # The advertised http_url must reach the admin API too.
+    admin_hosts = frozenset([*args.admin_host, admin_guard.canonical_host(address)])
     try:
-        http = EmulatorServer((args.host, args.http_port), state, "http", None, args.log_requests)
+        http = EmulatorServer((args.host, args.http_port), state, "http", None, args.log_requests, admin_hosts)
         https = EmulatorServer((args.host, args.https_port), state, "https", context, args.log_requests)
     except OSError as exc:
         sys.stderr.write(f"azure-emulator: cannot listen on {args.host}: {exc}\n")
@@ -73,8 +92,6 @@ def _serve(args: argparse.Namespace, raw: dict, fixture_path: Path, state_dir: P
     for server in (http, https):
         threading.Thread(target=server.serve_forever, name=f"{server.listener}-listener", daemon=True).start()
 
-    # Clients reach a wildcard bind through loopback.
-    address = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
     http_url = f"http://{address}:{http.server_port}"
     ready = {
         "event": "ready",

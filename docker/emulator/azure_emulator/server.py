@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from azure_emulator import admin, arm, imds, keyvault, msi
+from azure_emulator import admin, admin_guard, arm, imds, keyvault, msi
 from azure_emulator.arm import CLOUD_BY_ARM_HOST
 from azure_emulator.clouds import CLOUDS
 from azure_emulator.faults import Fault
@@ -110,11 +110,13 @@ class EmulatorServer(ThreadingHTTPServer):
         listener: str,
         ssl_context: ssl.SSLContext | None = None,
         log_requests: bool = False,
+        admin_hosts: frozenset[str] = frozenset(),
     ) -> None:
         self.state = state
         self.listener = listener
         self.ssl_context = ssl_context
         self.log_requests = log_requests
+        self.admin_hosts = admin_hosts  # Host names the admin API answers besides loopback (admin_guard)
         super().__init__(address, Handler)
 
     def server_bind(self) -> None:
@@ -174,7 +176,8 @@ class Handler(BaseHTTPRequestHandler):
         )
         kind, endpoint = route(self.server.listener, request.host, request.path)
         if kind == "admin":
-            self._send(_call(endpoint, state, request))
+            refused = admin_guard.refusal(request, self.server.admin_hosts)
+            self._send(refused or _call(endpoint, state, request))
             return
         entry: dict[str, Any] = {
             "time": started,
