@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sidecar_helpers import RECORDER, RUN_TIMEOUT_S, WORKSPACE, SidecarRun, assert_no_leak, fs_type
+
+# Under CI the property tests draw the same examples every run, so that a red run reproduces;
+# local runs keep exploring (and keep what they found in .hypothesis/).
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture

@@ -172,7 +172,7 @@ def test_env_file_round_trips_exactly_through_sh_and_runs_nothing(tmp_path, vari
     assert not marker.exists(), "sourcing the env file ran a command"
 
 
-@settings(max_examples=int(os.environ.get("HUNT", 60)), deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(environment(), st.sampled_from(["check-json", "check-table", "exec", "render"]))
 def test_end_to_end_any_environment_ends_in_a_documented_code_without_traceback_or_leak(
     emulator_process, fixture_secret_values, env, command
