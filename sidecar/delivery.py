@@ -62,7 +62,10 @@ def filesystem_type(descriptor: int) -> str | None:
 
 @dataclass
 class Directory:
-    """A directory opened for delivery: every file operation goes through its descriptor."""
+    """A directory opened for delivery: every file operation goes through its descriptor.
+
+    The descriptor stays open until the sidecar exits or execs (it is close-on-exec).
+    """
 
     path: Path
     descriptor: int
@@ -94,9 +97,6 @@ class Directory:
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self.descriptor)
-
-    def close(self) -> None:
-        os.close(self.descriptor)
 
 
 def _open_child(parent: int, name: str, path: Path, setting: str) -> int:

@@ -398,3 +398,19 @@ def test_files_dir_is_created_0700_and_reused(run_sidecar, shm_dir):
     assert run.returncode == 0, run.stderr
     assert stat.S_IMODE(files_dir.stat().st_mode) == 0o700
     assert run_sidecar({"K": kv("db-password", options="?file"), "SIDECAR_FILES_DIR": str(files_dir)}).returncode == 0
+
+
+def test_the_kubernetes_layout_renders_into_a_subdirectory_of_a_0777_volume(run_sidecar, shm_dir, tmp_path):
+    """docker/kubernetes/secrets-init.yaml: kubelet makes an emptyDir 0777, so the sidecar renders below it."""
+    shm_dir.mkdir()
+    shm_dir.chmod(0o777)
+    run = run_sidecar({"K": kv("db-password")}, command="render", check_args=("--dir", str(shm_dir)))
+    assert run.returncode == 78 and "subdirectory" in run.failure_for("K")["fix"]
+    values = shm_dir / "values"
+    env = {"K": kv("db-password"), "TLS": kv("db-password", options="?file=tls.txt")}
+    run = run_sidecar(env, command="render", check_args=("--dir", str(values), "--env-file", str(values / ".env")))
+    assert run.returncode == 0, run.stderr
+    assert stat.S_IMODE(values.stat().st_mode) == 0o700
+    assert sorted(entry.name for entry in values.iterdir()) == [".env", "K", "tls.txt"]
+    exported, _ = sourced_environment(values / ".env", tmp_path)
+    assert exported[b"K"] == b"fake-db-password-7Qx" and exported[b"TLS"] == str(values / "tls.txt").encode()
