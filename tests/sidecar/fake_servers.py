@@ -121,7 +121,8 @@ class FakeServer:
                 self._server.socket, server_side=True, do_handshake_on_connect=False
             )
         self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll: shutdown() waits up to one poll interval, per server, per test.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
 
     @property

@@ -104,7 +104,7 @@ def build(raw: Mapping[str, Any]) -> Fixture:
     }
     _no_unknown_keys(raw, known, "fixture")
     tenant_id = _require(raw, "tenant_id", str, "fixture")
-    if not GUID.match(tenant_id):
+    if not GUID.fullmatch(tenant_id):
         raise FixtureError(f"tenant_id: must be a GUID, got {tenant_id!r}")
     lifetime = raw.get("token_lifetime_s", 3600)
     if not isinstance(lifetime, int) or isinstance(lifetime, bool) or not 60 <= lifetime <= 86400:
@@ -197,7 +197,7 @@ def _leaves(value: Any) -> Iterator[str]:
 
 def _vault(name: str, spec: Any) -> Vault:
     where = f"vaults.{name}"
-    if not VAULT_NAME.match(name):
+    if not VAULT_NAME.fullmatch(name):
         raise FixtureError(f"{where}: a vault name is 3-24 letters, digits and dashes, starting with a letter")
     spec = _as_mapping(spec, where)
     _no_unknown_keys(spec, {"cloud", "secrets"}, where)
@@ -210,7 +210,7 @@ def _vault(name: str, spec: Any) -> Vault:
 
 
 def _secret(vault: str, name: str, spec: Any, where: str) -> Secret:
-    if not SECRET_NAME.match(name):
+    if not SECRET_NAME.fullmatch(name):
         raise FixtureError(f"{where}: a secret name is 1-127 letters, digits and dashes")
     spec = _as_mapping(spec, where)
     if "versions" in spec:
@@ -237,7 +237,7 @@ def _version(vault: str, secret: str, index: int, spec: Any, where: str) -> Secr
     allowed = {"id", "value", "enabled", "created", "updated", "exp", "nbf", "contentType", "tags"}
     _no_unknown_keys(spec, allowed, where)
     version = spec.get("id") or hashlib.sha256(f"{vault}/{secret}/{index}".encode()).hexdigest()[:32]
-    if not isinstance(version, str) or not VERSION_ID.match(version):
+    if not isinstance(version, str) or not VERSION_ID.fullmatch(version):
         raise FixtureError(f"{where}.id: must be 32 lowercase hex digits, got {version!r}")
     value = _require(spec, "value", str, where)
     enabled = spec.get("enabled", True)
@@ -266,12 +266,12 @@ def _version(vault: str, secret: str, index: int, spec: Any, where: str) -> Secr
 
 def _workspace(name: str, spec: Any) -> Workspace:
     where = f"workspaces.{name}"
-    if not AML_NAME.match(name):
+    if not AML_NAME.fullmatch(name):
         raise FixtureError(f"{where}: a workspace name must match {AML_NAME.pattern}")
     spec = _as_mapping(spec, where)
     _no_unknown_keys(spec, {"subscription", "resource_group", "cloud", "connections"}, where)
     subscription = _require(spec, "subscription", str, where)
-    if not GUID.match(subscription):
+    if not GUID.fullmatch(subscription):
         raise FixtureError(f"{where}.subscription: must be a GUID, got {subscription!r}")
     connections = {
         conn_name: _connection(conn_name, conn_spec, f"{where}.connections.{conn_name}")
@@ -287,7 +287,7 @@ def _workspace(name: str, spec: Any) -> Workspace:
 
 
 def _connection(name: str, spec: Any, where: str) -> Connection:
-    if not AML_NAME.match(name):
+    if not AML_NAME.fullmatch(name):
         raise FixtureError(f"{where}: a connection name must match {AML_NAME.pattern}")
     spec = _as_mapping(spec, where)
     auth_type = _require(spec, "authType", str, where)
@@ -322,7 +322,7 @@ def _identity(name: str, spec: Any, vaults: dict[str, Vault], workspaces: dict[s
     spec = _as_mapping(spec, where)
     _no_unknown_keys(spec, {"client_id", "default", "roles"}, where)
     client_id = _require(spec, "client_id", str, where)
-    if not GUID.match(client_id):
+    if not GUID.fullmatch(client_id):
         raise FixtureError(f"{where}.client_id: must be a GUID, got {client_id!r}")
     roles = _as_mapping(spec.get("roles") or {}, f"{where}.roles")
     _no_unknown_keys(roles, {ROLE_SECRETS_USER, ROLE_CONNECTION_READER}, f"{where}.roles")
