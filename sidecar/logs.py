@@ -30,8 +30,11 @@ CONTENT_REMOVED = "[content removed]"
 _TOKEN_FIELDS = "token|secret|password|assertion"
 # Tokens in headers or token-endpoint bodies, whoever logs them, however quoted: "access_token": "x" (JSON),
 # 'access_token': 'x' (a Python repr), \"access_token\": \"x\" (JSON in a string), access_token=x (a form).
+# And a bare JWT (header.payload.signature, the header base64url of '{"'), as Entra and the identity endpoints
+# issue tokens, wherever it stands: e.g. quoted in an endpoint's error_description.
 _TOKEN_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"()\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
     re.compile(rf"(?i)((?:{_TOKEN_FIELDS})\b\\?[\"']?\s*[:=]\s*\\?[\"']?)[^\"'\s,;&}}\\]{{4,}}"),
 )
 # Shorter values are not scrubbed by substring: they would blank out ordinary words.

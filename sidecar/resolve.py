@@ -254,7 +254,7 @@ def _deadline_error(store: Store, key: Hashable, identity: ManagedIdentity, dead
     if not identity.has_token(audience):
         return identity.deadline_error(audience, deadline.seconds)
     return UnavailableError(
-        f"{store.location(key)}: no answer within the deadline of {deadline.seconds:g} s.",
+        f"{store.describe(key)}: no answer within the deadline of {deadline.seconds:g} s.",
         fix="check the store's health and the network, or raise SIDECAR_TIMEOUT.",
     )
 

@@ -7,6 +7,7 @@ captured output for every token and value the fakes served.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Hashable
 
@@ -136,6 +137,31 @@ def test_an_identity_error_answer_quoting_a_token_never_logs_it(fake_ca, level):
     assert "HTTP 500" in failure["error"], failure["error"]
 
 
+# A JWT as Entra and the managed-identity endpoints issue them (header.payload.signature, base64url).
+JWT = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJmYWtlLWp3dCJ9.ZmFrZS1zaWduYXR1cmUtZm9yLWEtdGVzdA"
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_an_oauth_error_description_quoting_a_bare_jwt_never_logs_it(fake_ca, level):
+    """The endpoint's error_description is quoted as its answer; a token inside it is not, whatever its field."""
+    answer = json.dumps({"error": "invalid_request", "error_description": f"token {JWT} was not accepted"})
+    with (
+        serving(lambda _: Reply(400, answer)) as identity,
+        serving(vault_answering(lambda _: Reply(500)), tls=fake_ca) as vault,
+    ):
+        run = run_check(
+            {
+                "K": KV_REFERENCE,
+                "SIDECAR_LOG_LEVEL": level,
+                **identity_env("imds", identity),
+                **tls_env(fake_ca, vault=vault),
+            },
+            [*SERVED, JWT, JWT.split(".")[1], JWT.split(".")[2]],
+        )
+    failure = only_failure(run, 78)
+    assert "invalid_request" in failure["error"] and "was not accepted" in failure["error"], failure["error"]
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -150,6 +176,7 @@ def test_an_identity_error_answer_quoting_a_token_never_logs_it(fake_ca, level):
         '"assertion": "SECRETVALUE1"',
         "{'token': 'SECRETVALUE1'}",
         "Authorization: Bearer SECRETVALUE1",
+        "the token eyJhbGciOiJub25lIn0.SECRETVALUE1.c2ln was not accepted",
     ],
     ids=[
         "python-repr",
@@ -163,6 +190,7 @@ def test_an_identity_error_answer_quoting_a_token_never_logs_it(fake_ca, level):
         "assertion",
         "token",
         "bearer",
+        "bare-jwt",
     ],
 )
 def test_token_patterns_catch_every_quoting(text):
