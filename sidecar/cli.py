@@ -325,11 +325,11 @@ def _render(directory: Path | None, env_file: Path | None, settings: Settings) -
         raise UsageError("render needs --dir DIR and/or --env-file FILE.")
     if env_file is not None and env_file.name in ("", ".", ".."):
         raise UsageError(f"--env-file {env_file} does not name a file.")
-    render: dict[str, Any] = {"env_file": env_file.absolute() if env_file else None}
     if directory is not None:
-        render.update(every_variable_as_file=True)
         settings = replace(settings, files_dir=directory.absolute())
-    delivery = _delivery(settings, **render)
+    delivery = _delivery(
+        settings, every_variable_as_file=directory is not None, env_file=env_file.absolute() if env_file else None
+    )
     report = resolve_environment(os.environ, settings, delivery)
     log_report(report)
     if report.errors:

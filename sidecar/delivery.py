@@ -235,13 +235,16 @@ class Delivery:
         return variable.name if self.every_variable_as_file else None
 
     def prepare(self, variables: Sequence[Variable]) -> list[SidecarError]:
-        errors = self._name_errors(variables)
-        files = {name: variable.name for variable in variables if (name := self.file_name(variable))}
+        writers: dict[str, list[str]] = {}  # file name in files_dir -> the variables whose value goes there
+        for variable in variables:
+            if file_name := self.file_name(variable):
+                writers.setdefault(file_name, []).append(variable.name)
+        errors = self._name_errors(variables) + self._collision_errors(writers)
         try:
-            if files:
+            if writers:
                 self._files = self._open(self.files_dir, self.files_setting)
         except SidecarError as error:  # reported for each variable that needs the directory
-            errors += [error.for_variable(name) for name in files.values()]
+            errors += [error.for_variable(name) for names in writers.values() for name in names]
         try:
             if self.env_file is not None:
                 self._env_dir = self._open(self.env_file.parent, "--env-file")
@@ -249,14 +252,14 @@ class Delivery:
             errors += [error.for_variable(variable.name) for variable in variables]
         if self._files and self._env_dir and self._files.identity == self._env_dir.identity:
             assert self.env_file is not None
-            if self.env_file.name in files:
-                errors.append(
-                    ConfigurationError(
-                        f"--env-file {self.env_file} is also the file of {files[self.env_file.name]}.",
-                        variable=files[self.env_file.name],
-                        fix="give --env-file another name or directory.",
-                    )
+            errors += [
+                ConfigurationError(
+                    f"--env-file {self.env_file} is also the file of {name}.",
+                    variable=name,
+                    fix="give --env-file another name or directory.",
                 )
+                for name in writers.get(self.env_file.name, ())
+            ]
         return errors
 
     def _open(self, path: Path, setting: str) -> Directory | None:
@@ -264,7 +267,6 @@ class Delivery:
 
     def _name_errors(self, variables: Sequence[Variable]) -> list[SidecarError]:
         errors: list[SidecarError] = []
-        writers: dict[str, list[str]] = {}
         for variable in variables:
             name = variable.name
             if self.env_file is not None and not SHELL_NAME.fullmatch(name):
@@ -285,19 +287,19 @@ class Delivery:
                         fix="rename the variable.",
                     )
                 )
-            elif file_name := self.file_name(variable):
-                writers.setdefault(file_name, []).append(name)
-        for file_name, names in writers.items():
-            if len(names) > 1:
-                errors += [
-                    MalformedReferenceError(
-                        f"{self.files_dir / file_name} would hold the values of {', '.join(names)}.",
-                        variable=name,
-                        fix="give each a file name of its own: file=NAME.",
-                    )
-                    for name in names
-                ]
         return errors
+
+    def _collision_errors(self, writers: dict[str, list[str]]) -> list[SidecarError]:
+        return [
+            MalformedReferenceError(
+                f"{self.files_dir / file_name} would hold the values of {', '.join(names)}.",
+                variable=name,
+                fix="give each a file name of its own: file=NAME.",
+            )
+            for file_name, names in writers.items()
+            if len(names) > 1
+            for name in names
+        ]
 
     def write(self, resolutions: Sequence[Resolution]) -> None:
         """Write every file (removing those of optional values now missing), then the env file."""

@@ -23,6 +23,7 @@ from azure.identity import ManagedIdentityCredential
 from sidecar.errors import ConfigurationError, SidecarError, UnavailableError
 from sidecar.logs import redactor
 from sidecar.settings import Settings
+from sidecar.stores.base import json_object
 
 RETRY_STATUS_CODES = [404, 408, 410, 429, 500, 502, 503, 504]
 TOKEN_RETRY_BACKOFF_S = 0.5
@@ -69,11 +70,8 @@ class _Answer:
 
 def _oauth_error(text: str) -> str:
     """'error: error_description' of an OAuth error answer; nothing else of the body."""
-    try:
-        body = json.loads(text)
-    except (ValueError, RecursionError):
-        return ""
-    if not isinstance(body, dict):
+    body, _ = json_object(lambda: json.loads(text))
+    if body is None:
         return ""
     fields = (body.get("error"), body.get("error_description"))
     return ": ".join(" ".join(field.split())[:MAX_ERROR_TEXT] for field in fields if isinstance(field, str) and field)
@@ -81,14 +79,9 @@ def _oauth_error(text: str) -> str:
 
 def _token_answer_problem(text: str) -> str:
     """Why a success answer holds no usable token ('' if it looks usable); says what is missing, never quotes it."""
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return "the answer is not JSON"
-    except RecursionError:
-        return "the answer is JSON nested too deeply to read"
-    if not isinstance(body, dict):
-        return "the answer is not a JSON object"
+    body, problem = json_object(lambda: json.loads(text))
+    if body is None:
+        return f"the answer {problem}"
     if not isinstance(body.get("access_token"), str) or not body["access_token"]:
         return "the answer has no access_token"
     if not (body.get("expires_in") or body.get("expires_on")):

@@ -59,8 +59,9 @@ def resolve_environment(env: Mapping[str, str], settings: Settings, delivery: De
     if not any(variable.references for variable in variables):
         report.resolutions = [Resolution(variable, value="".join(variable.parts)) for variable in variables]  # type: ignore[arg-type]
         return report
-    if isinstance(settings.ca_bundle, SidecarError):
-        raise settings.ca_bundle
+    ca_bundle = settings.ca_bundle
+    if isinstance(ca_bundle, SidecarError):
+        raise ca_bundle
 
     from sidecar.environment import resolve_variables
     from sidecar.identity import ManagedIdentity
@@ -78,7 +79,7 @@ def resolve_environment(env: Mapping[str, str], settings: Settings, delivery: De
         client_id_source=identity.client_id_source,
     )
     session = new_session(list(settings.connect_to), pool_maxsize=settings.max_concurrency)
-    verify: str | bool = settings.ca_bundle or True  # type: ignore[assignment]
+    verify: str | bool = ca_bundle or True
     kinds = {reference.store for variable in variables for reference in variable.references}
     stores = {}
     if KeyVaultReference.store in kinds:

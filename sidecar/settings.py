@@ -117,15 +117,13 @@ def _owner(env: Mapping[str, str]) -> tuple[int, int] | None:
     if not text:
         return None
     uid, _, gid = text.partition(":")
-    ids = [int(uid) if _WHOLE.fullmatch(uid) else -1, int(gid) if _WHOLE.fullmatch(gid) else -1]
-    if not gid:
-        ids[1] = os.getegid()
-    if not all(0 <= value <= MAX_ID for value in ids):
+    gid = gid or str(os.getegid())
+    if not (_WHOLE.fullmatch(uid) and _WHOLE.fullmatch(gid)) or max(int(uid), int(gid)) > MAX_ID:
         raise ConfigurationError(
             f"SIDECAR_FILES_OWNER={text!r} is not UID[:GID] (numbers from 0 to {MAX_ID}).",
             fix="set it to the numeric user (and group) of the server.",
         )
-    return ids[0], ids[1]
+    return int(uid), int(gid)
 
 
 def _files_dir(env: Mapping[str, str]) -> Path:

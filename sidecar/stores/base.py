@@ -11,7 +11,7 @@ from __future__ import annotations
 import email.utils
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -62,6 +62,19 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(value) if value else None
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def json_object(load: Callable[[], Any]) -> tuple[dict[str, Any] | None, str]:
+    """An answer's body as a JSON object, or None and what is wrong with it, in words that never quote it."""
+    try:
+        body = load()
+    except RecursionError:
+        return None, "is JSON nested too deeply to read"
+    except ValueError:
+        return None, "is not JSON"
+    if not isinstance(body, dict):
+        return None, "is not a JSON object"
+    return body, ""
 
 
 class Store(ABC):

@@ -25,6 +25,7 @@ from sidecar.stores.base import (
     Fetched,
     Store,
     TransientError,
+    json_object,
     retry_after_seconds,
 )
 
@@ -57,10 +58,8 @@ def _depth(value: object) -> int:
     return deepest
 
 
-def _shape_problem(connection: object) -> str:
-    """What is wrong with the shape of a List Secrets answer, in the sidecar's words ('' if nothing)."""
-    if not isinstance(connection, dict):
-        return "is not a JSON object"
+def _shape_problem(connection: dict) -> str:
+    """What is wrong with the shape of a List Secrets answer's object, in the sidecar's words ('' if nothing)."""
     if _depth(connection) > MAX_JSON_DEPTH:
         return f"is JSON nested more than {MAX_JSON_DEPTH} levels deep"
     properties = connection.get("properties")
@@ -132,13 +131,8 @@ class ConnectionStore(Store):
         except requests.RequestException as exc:
             raise TransientError(UnavailableError(f"{where}: no answer from ARM ({type(exc).__name__}).")) from None
         if response.status_code == 200:
-            try:
-                connection = response.json()
-            except ValueError:
-                problem = "is not JSON"
-            except RecursionError:
-                problem = "is JSON nested too deeply to read"
-            else:
+            connection, problem = json_object(response.json)
+            if connection is not None:
                 problem = _shape_problem(connection)
             if problem:
                 raise UnavailableError(
