@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
-from sidecar_helpers import RECORDER, RUN_TIMEOUT_S, WORKSPACE, SidecarRun, assert_no_leak, fs_type
+from sidecar_helpers import RECORDER, RUN_TIMEOUT_S, WORKSPACE, SidecarRun, fs_type, run_sidecar_process
 
 # Under CI the property tests draw the same examples every run, so that a red run reproduces;
 # local runs keep exploring (and keep what they found in .hypothesis/).
@@ -58,19 +56,14 @@ def run_sidecar(emulator, tmp_path, fixture_secret_values) -> Callable[..., Side
             argv += ["--", *(cmd if cmd is not None else [sys.executable, str(RECORDER), str(record)])]
         else:
             argv += list(check_args)
-        process = subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-            pytest.fail(f"sidecar did not finish within {RUN_TIMEOUT_S} s; stderr:\n{stderr}")
-        assert_no_leak(stdout + stderr, [*fixture_secret_values, *extra_secret_values])
-        events = []
-        for line in stderr.splitlines():
-            with contextlib.suppress(ValueError):
-                events.append(json.loads(line))
-        child = json.loads(record.read_text()) if record.exists() else None
-        return SidecarRun(process.returncode, stdout, stderr, process.pid, child, events)
+        run = run_sidecar_process(
+            argv,
+            full_env,
+            [*fixture_secret_values, *extra_secret_values],
+            timeout_s=RUN_TIMEOUT_S,
+            late=f"sidecar did not finish within {RUN_TIMEOUT_S} s",
+        )
+        run.child = json.loads(record.read_text()) if record.exists() else None
+        return run
 
     return run

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import os
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from sidecar_helpers import SidecarRun, assert_no_leak
+from sidecar_helpers import SidecarRun, run_sidecar_process
 
 TENANT = "00000000-0000-4000-8000-00000000000f"
 VAULT_HOST = "contoso-kv.vault.azure.net"
@@ -268,27 +267,11 @@ def run_check(env: dict[str, str], secrets: Iterable[str]) -> SidecarRun:
     a failure that waits for the deadline instead of being reported at once fails the test.
     """
     full_env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "SIDECAR_TIMEOUT": str(SIDECAR_TIMEOUT_S), **env}
-    process = subprocess.Popen(
+    return run_sidecar_process(
         [sys.executable, "-m", "sidecar", "check"],
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        full_env,
+        list(secrets),
+        timeout_s=FAIL_FAST_TIMEOUT_S,
+        late=f"the sidecar was still running after {FAIL_FAST_TIMEOUT_S} s "
+        f"(SIDECAR_TIMEOUT={full_env['SIDECAR_TIMEOUT']}): it waited for the deadline instead of failing at once",
     )
-    try:
-        stdout, stderr = process.communicate(timeout=FAIL_FAST_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        stdout, stderr = process.communicate()
-        assert_no_leak(stdout + stderr, secrets)
-        raise AssertionError(
-            f"the sidecar was still running after {FAIL_FAST_TIMEOUT_S} s "
-            f"(SIDECAR_TIMEOUT={full_env['SIDECAR_TIMEOUT']}): it waited for the deadline instead of failing at "
-            f"once; stderr:\n{stderr}"
-        ) from None
-    assert_no_leak(stdout + stderr, secrets)
-    events = []
-    for line in stderr.splitlines():
-        with contextlib.suppress(ValueError):
-            events.append(json.loads(line))
-    return SidecarRun(process.returncode, stdout, stderr, process.pid, None, events)

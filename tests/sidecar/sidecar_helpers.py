@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import subprocess
-from collections.abc import Iterable
+import sys
+import uuid
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,3 +94,48 @@ def documented_exit_codes() -> set[int]:
     section = README.read_text().split("### Exit codes", 1)[1].split("\n### ", 1)[0]
     cells = re.findall(r"^\| ([0-9][0-9 /]*) \|", section, re.MULTILINE)
     return {int(code) for cell in cells for code in cell.split("/")}
+
+
+def run_sidecar_process(
+    argv: list[str], env: dict[str, str], secrets: Collection[str], *, timeout_s: float, late: str
+) -> SidecarRun:
+    """Run the sidecar, check everything it printed for `secrets`, and parse its JSON log events.
+
+    A run still going after timeout_s is killed (its output checked all the same) and fails with `late`.
+    """
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        assert_no_leak(stdout + stderr, secrets)
+        raise AssertionError(f"{late}; stderr:\n{stderr}") from None
+    assert_no_leak(stdout + stderr, secrets)
+    events = []
+    for line in stderr.splitlines():
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return SidecarRun(process.returncode, stdout, stderr, process.pid, None, events)
+
+
+# Writes os.environb to argv[1], NUL-separated, so that a test compares bytes.
+DUMP_ENVIRONMENT = (
+    "import os, sys; open(sys.argv[1], 'wb').write(b'\\0'.join(k + b'=' + v for k, v in os.environb.items()))"
+)
+
+
+def sourced_environment(env_file: Path, tmp_path: Path) -> tuple[dict[bytes, bytes], str]:
+    """What a POSIX shell exports after `set -a; . FILE`, as bytes, and what it printed on stderr."""
+    dump = tmp_path / f"dump-{uuid.uuid4().hex}"
+    script = 'set -a; . "$1"; set +a; exec "$2" -c "$3" "$4"'
+    done = subprocess.run(
+        ["sh", "-c", script, "sh", str(env_file), sys.executable, DUMP_ENVIRONMENT, str(dump)],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, "sourcing the env file failed"
+    pairs = [item.partition(b"=") for item in dump.read_bytes().split(b"\0") if item]
+    return {name: value for name, _, value in pairs}, done.stderr

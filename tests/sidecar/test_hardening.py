@@ -10,37 +10,14 @@ import stat
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sidecar_helpers import KV, fs_type, kv, platform
+from sidecar_helpers import KV, fs_type, kv, platform, sourced_environment
 
 OUTSIDER_UID = 4242  # a user that is neither the sidecar's (root here) nor the server's
 WAIT_S = 30.0
-
-
-# Writes os.environb to argv[1], NUL-separated, so that the test compares bytes.
-DUMP_ENVIRONMENT = (
-    "import os, sys; open(sys.argv[1], 'wb').write(b'\\0'.join(k + b'=' + v for k, v in os.environb.items()))"
-)
-
-
-def sourced_environment(env_file: Path, tmp_path: Path) -> tuple[dict[bytes, bytes], str]:
-    """What a POSIX shell exports after `set -a; . FILE`, as bytes, and what it printed on stderr."""
-    dump = tmp_path / f"dump-{uuid.uuid4().hex}"
-    script = 'set -a; . "$1"; set +a; exec "$2" -c "$3" "$4"'
-    done = subprocess.run(
-        ["sh", "-c", script, "sh", str(env_file), sys.executable, DUMP_ENVIRONMENT, str(dump)],
-        env={"PATH": os.environ["PATH"]},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, "sourcing the env file failed"
-    pairs = [item.partition(b"=") for item in dump.read_bytes().split(b"\0") if item]
-    return {name: value for name, _, value in pairs}, done.stderr
 
 
 # Finding 1: render --env-file and names that are not shell names

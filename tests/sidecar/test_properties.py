@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sidecar_helpers import RECORDER, WORKSPACE, assert_no_leak, documented_exit_codes
+from sidecar_helpers import RECORDER, WORKSPACE, assert_no_leak, documented_exit_codes, sourced_environment
 
 from sidecar.delivery import SHELL_NAME, env_file_text
 from sidecar.errors import SidecarError
@@ -156,17 +156,10 @@ def test_env_file_round_trips_exactly_through_sh_and_runs_nothing(tmp_path, vari
     marker = tmp_path / f"ran-{uuid.uuid4().hex}"
     variables = {name: value.replace("MARKER", str(marker)) for name, value in variables.items()}
     variables["S_ATTACK"] = f"'$(touch {marker})'`touch {marker}`;touch {marker}\n touch {marker}"
-    env_file, dump = tmp_path / f"env-{uuid.uuid4().hex}", tmp_path / f"dump-{uuid.uuid4().hex}"
+    env_file = tmp_path / f"env-{uuid.uuid4().hex}"
     env_file.write_bytes(env_file_text(sorted(variables.items())))
-    dump_code = "import os,sys; open(sys.argv[1],'wb').write(b'\\0'.join(k+b'='+v for k,v in os.environb.items()))"
-    done = subprocess.run(
-        ["sh", "-c", 'set -a; . "$1"; set +a; exec "$2" -c "$3" "$4"', "sh", env_file, sys.executable, dump_code, dump],
-        env={"PATH": os.environ["PATH"]},
-        capture_output=True,
-        timeout=30,
-    )
-    assert done.returncode == 0 and done.stderr == b"", "sourcing the env file failed or printed something"
-    exported = dict(item.partition(b"=")[::2] for item in dump.read_bytes().split(b"\0") if item)
+    exported, stderr = sourced_environment(env_file, tmp_path)
+    assert stderr == "", "sourcing the env file printed something"
     for name, value in variables.items():
         assert exported.get(name.encode()) == os.fsencode(value), f"{name} did not round-trip"
     assert not marker.exists(), "sourcing the env file ran a command"
