@@ -285,6 +285,8 @@ SENSITIVE = ["Pa55Default", "S3cretTail", "S3cret/Tail"]
         "${{keyvault:https://app:S3cretTail@contoso-kv.vault.azure.net/secrets/db-password}}",
         "${{keyvault:https://contoso-kv.vault.azure.net/secrets/db-password?default=Pa55Default}}",
     ],
+    # Named, not shown: the ids are test output too.
+    ids=["tail-amp", "tail-hash", "tail-pointer", "tail-file", "password", "password-platform", "default-platform"],
 )
 @pytest.mark.parametrize("command", ["exec", "check"])
 def test_defaults_their_tails_and_passwords_never_appear(run_sidecar, value, command):
