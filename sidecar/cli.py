@@ -6,13 +6,11 @@ Errors become exit codes here and only here (see sidecar.errors).
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import shutil
 import signal
 import sys
-import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -25,9 +23,9 @@ from sidecar.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
     InternalError,
-    MalformedReferenceError,
     SidecarError,
     UsageError,
+    command_error,
     exit_code_for,
 )
 from sidecar.settings import Settings, load_settings, log_settings
@@ -80,6 +78,19 @@ settings:
   SIDECAR_LOG_FORMAT       json (default) | console;  SIDECAR_LOG_LEVEL  info (default) | debug | warning | error
   REQUESTS_CA_BUNDLE / SSL_CERT_FILE  extra TLS trust (e.g. the local emulator's CA)
 
+settings of supervise and render --watch:
+  SIDECAR_REFRESH_INTERVAL seconds between refresh rounds (default 300, 1 to 86400); the first round
+                           comes 0.5-1.5 intervals after the start, later ones every interval +-10%,
+                           up to 4x after failed rounds
+  SIDECAR_ON_CHANGE        auto (default): changed files rewritten, then SIDECAR_RELOAD_SIGNAL to CMD if set,
+                           else a restart; a changed environment value restarts CMD
+                           restart: restart CMD on any change;  signal: files + reload signal only, never
+                           a restart;  none: rewrite files only
+  SIDECAR_RELOAD_SIGNAL    HUP | USR1 | USR2: what CMD re-reads its files on (e.g. HUP for gunicorn, azmlinfsrv);
+                           sent to CMD alone. The same signal sent to the sidecar asks for a round now.
+  SIDECAR_STOP_SIGNAL      what stops CMD for a restart (default TERM), sent to its process group
+  SIDECAR_STOP_TIMEOUT     seconds to wait for CMD to stop before SIGKILL (default 30)
+
 exit codes:
   0 ok; 64 usage; 65 malformed reference or a value an environment variable cannot hold;
   66 not found; 69 unavailable (network, retries exhausted, deadline, an answer of the wrong
@@ -116,6 +127,20 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]", help="the command to run")
+    supervise = commands.add_parser(
+        "supervise",
+        help="resolve as exec does, run CMD as a child, keep its secrets current (rotation)",
+        description="Resolve exactly as exec does (same failures, same exit codes: CMD never starts if anything "
+        "fails), then start CMD as a child and stay as its parent, as PID 1 would: TERM, INT, HUP, QUIT, USR1, "
+        "USR2 and WINCH are passed to CMD's process group (the reload signal excepted), every zombie is reaped "
+        "(a child subreaper when not PID 1), and the sidecar exits with CMD's exit code, or 128+N when signal N "
+        "killed it. Every SIDECAR_REFRESH_INTERVAL the references that can change (a Key Vault secret without "
+        "a version, a connection) are read again; on a change, files are rewritten atomically and CMD gets the "
+        "reload signal or is restarted (SIDECAR_ON_CHANGE). A failed refresh keeps the current values and CMD.",
+        epilog=REFERENCE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    supervise.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]", help="the command to run")
     check = commands.add_parser(
         "check",
         help="resolve exactly as exec would and print a row per variable; never a value",
@@ -142,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--dir", type=Path, help="directory for one file per variable")
     render.add_argument("--env-file", type=Path, help="file for NAME='value' lines")
+    render.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep running and rewrite the files when a value changes (a Kubernetes sidecar container; the "
+        "settings of supervise apply); exits 128+N on TERM, INT, HUP or QUIT",
+    )
     return parser
 
 
@@ -167,6 +198,15 @@ def _find_command(command: str, path: str | None) -> str:
                 fix="make it executable (chmod +x).",
             )
     raise CommandNotFoundError(f"command '{command}' was not found on PATH.", fix="install it or give its full path.")
+
+
+def _command(argv: list[str], command: str) -> tuple[list[str], str]:
+    """CMD's arguments and path, found before anything is fetched."""
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError(f"{command} needs a command: sidecar {command} -- CMD [ARG...]")
+    return argv, _find_command(argv[0], os.environ.get("PATH"))
 
 
 def _exit(code: int) -> NoReturn:
@@ -253,22 +293,20 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         log.info("start", command=args.command, version=__version__, pid=os.getpid())
         if args.command == "exec":
             _exec(args.cmd, settings)
+        if args.command == "supervise":
+            _supervise(args.cmd, settings)
         if args.command == "render":
-            _render(args.dir, args.env_file, settings)
+            _render(args.dir, args.env_file, settings, watch=args.watch)
         _check(settings, args.format)
     except SidecarError as error:
         log.error("failed", status=error.status, exit_code=error.exit_code, error=error.message, fix=error.fix)
         _exit(error.exit_code)
     except Exception as error:  # a bug: say where, never what (an exception's text may quote a value)
-        frame = traceback.extract_tb(error.__traceback__)[-1]
+        internal = InternalError.from_exception(error)
         log.error(
-            "internal error",
-            exit_code=InternalError.exit_code,
-            error=type(error).__name__,
-            at=f"{Path(frame.filename).name}:{frame.lineno}",
-            fix="please report this with the line above; no value was written or passed on.",
+            "internal error", exit_code=internal.exit_code, error=internal.error_type, at=internal.at, fix=internal.fix
         )
-        _exit(InternalError.exit_code)
+        _exit(internal.exit_code)
 
 
 def _delivery(settings: Settings, **render: Any) -> Delivery:
@@ -289,11 +327,7 @@ def _check(settings: Settings, fmt: str) -> NoReturn:
 def _exec(argv: list[str], settings: Settings) -> NoReturn:
     from sidecar.pipeline import log_report, resolve_environment
 
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if not argv:
-        raise UsageError("exec needs a command: sidecar exec -- CMD [ARG...]")
-    path = _find_command(argv[0], os.environ.get("PATH"))
+    argv, path = _command(argv, "exec")
     delivery = _delivery(settings)
     report = resolve_environment(os.environ, settings, delivery)
     log_report(report)
@@ -306,19 +340,26 @@ def _exec(argv: list[str], settings: Settings) -> NoReturn:
     log.info("exec", command=argv[0], path=path, pid=os.getpid())
     sys.stdout.flush()
     sys.stderr.flush()
+    from sidecar.supervisor import RESTORED_IN_CHILD
+
+    for signum in RESTORED_IN_CHILD:  # Python ignores them; CMD gets the defaults, as from a shell
+        signal.signal(signum, signal.SIG_DFL)
     try:
         os.execve(path, argv, env)
     except OSError as exc:
-        if exc.errno == errno.E2BIG:
-            raise MalformedReferenceError(
-                "the environment and arguments together are too large to start CMD (E2BIG).",
-                fix="deliver the largest values as files: add '?file' to their references (deferred form).",
-            ) from None
-        error_class = CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandNotExecutableError
-        raise error_class(f"could not exec '{argv[0]}': {exc.strerror}.", fix="check CMD.") from None
+        raise command_error(exc, argv[0]) from None
 
 
-def _render(directory: Path | None, env_file: Path | None, settings: Settings) -> NoReturn:
+def _supervise(argv: list[str], settings: Settings) -> NoReturn:
+    from sidecar.refresh import Command, Refresher
+    from sidecar.settings import load_refresh_settings
+
+    argv, path = _command(argv, "supervise")
+    refresher = Refresher(os.environ, settings, load_refresh_settings(), _delivery(settings), Command(path, argv))
+    _exit(refresher.run())
+
+
+def _render(directory: Path | None, env_file: Path | None, settings: Settings, *, watch: bool) -> NoReturn:
     from sidecar.pipeline import log_report, resolve_environment
 
     if directory is None and env_file is None:
@@ -330,6 +371,11 @@ def _render(directory: Path | None, env_file: Path | None, settings: Settings) -
     delivery = _delivery(
         settings, every_variable_as_file=directory is not None, env_file=env_file.absolute() if env_file else None
     )
+    if watch:
+        from sidecar.refresh import Refresher
+        from sidecar.settings import load_refresh_settings
+
+        _exit(Refresher(os.environ, settings, load_refresh_settings(), delivery, None).run())
     report = resolve_environment(os.environ, settings, delivery)
     log_report(report)
     if report.errors:

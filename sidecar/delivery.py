@@ -19,7 +19,7 @@ import re
 import secrets
 import shlex
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -301,11 +301,14 @@ class Delivery:
             for name in names
         ]
 
-    def write(self, resolutions: Sequence[Resolution]) -> None:
-        """Write every file (removing those of optional values now missing), then the env file."""
+    def write(self, resolutions: Sequence[Resolution], changed: Collection[str] | None = None) -> None:
+        """Write every file (removing those of optional values now missing), then the env file.
+
+        `changed`: the variables whose files to rewrite (a refresh); the env file holds all of `resolutions`.
+        """
         for resolution in resolutions:
             name = self.file_name(resolution.variable)
-            if name is None:
+            if name is None or (changed is not None and resolution.variable.name not in changed):
                 continue
             assert self._files is not None
             data = resolution.file_data

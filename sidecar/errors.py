@@ -7,7 +7,10 @@ value: messages name variables, references, stores and fixes only.
 
 from __future__ import annotations
 
+import errno
+import traceback
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class SidecarError(Exception):
@@ -48,6 +51,20 @@ class InternalError(SidecarError):
 
     exit_code = 70
     status = "internal"
+    error_type = "-"  # the exception's type
+    at = "-"  # file:line where it was raised
+
+    @classmethod
+    def from_exception(cls, error: BaseException) -> InternalError:
+        """Say where, never what: an exception's text may quote a value."""
+        frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+        internal = cls(
+            f"{type(error).__name__}" + (f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""),
+            fix="please report this with the line above; no value was written or passed on.",
+        )
+        internal.error_type = type(error).__name__
+        internal.at = f"{Path(frame.filename).name}:{frame.lineno}" if frame else "-"
+        return internal
 
 
 class UsageError(SidecarError):
@@ -96,6 +113,17 @@ class CommandNotExecutableError(SidecarError):
 class CommandNotFoundError(SidecarError):
     exit_code = 127
     status = "command_not_found"
+
+
+def command_error(error: OSError, command: str) -> SidecarError:
+    """Why CMD could not be started (execve, posix_spawn), as the shell's 126/127, or 65 for E2BIG."""
+    if error.errno == errno.E2BIG:
+        return MalformedReferenceError(
+            "the environment and arguments together are too large to start CMD (E2BIG).",
+            fix="deliver the largest values as files: add '?file' to their references (deferred form).",
+        )
+    error_class = CommandNotFoundError if isinstance(error, FileNotFoundError) else CommandNotExecutableError
+    return error_class(f"could not start '{command}': {error.strerror}.", fix="check CMD.")
 
 
 # With several failures, the exit code is the first of these present: the most

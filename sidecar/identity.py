@@ -56,6 +56,9 @@ WRONG_ANSWER_FIX = (
     "AZURE_POD_IDENTITY_AUTHORITY_HOST points at the identity endpoint itself, not at a proxy or another service."
 )
 MAX_ERROR_TEXT = 300
+# A token carried over from an earlier round is used only while it has this long left, so that a fetch
+# never goes out with a token that expires on the way (azure-identity refreshes 5 minutes early too).
+CARRIED_TOKEN_MARGIN_S = 300
 
 
 @dataclass
@@ -92,7 +95,13 @@ def _token_answer_problem(text: str) -> str:
 class ManagedIdentity:
     """A TokenCredential for the SDKs that asks the identity endpoint once per audience."""
 
-    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        env: Mapping[str, str] | None = None,
+        tokens: Mapping[str, tuple[str, int]] | None = None,
+    ) -> None:
+        """`tokens`: scope -> (token, expires_on) from an earlier round of a long-running sidecar."""
         env = os.environ if env is None else env
         self.flavour, self.endpoint = identity_flavour(env)
         self.client_id = settings.client_id
@@ -102,7 +111,13 @@ class ManagedIdentity:
         self._answers = threading.local()
         self._lock = threading.Lock()
         self._audience_locks: dict[str, threading.Lock] = {}
-        self._tokens: dict[str, AccessToken] = {}
+        self._tokens = {
+            scope: AccessToken(token, expires_on)
+            for scope, (token, expires_on) in (tokens or {}).items()
+            if expires_on > time.time() + CARRIED_TOKEN_MARGIN_S
+        }
+        for token in self._tokens.values():
+            redactor.add(token.token)
         self._failures: dict[str, SidecarError] = {}
         self.requests = 0
         self._credential = ManagedIdentityCredential(
@@ -154,6 +169,11 @@ class ManagedIdentity:
         if self.client_id:
             return f"the identity with client id {self.client_id} (from {self.client_id_source})"
         return "the endpoint's system-assigned identity"
+
+    @property
+    def tokens(self) -> dict[str, tuple[str, int]]:
+        """The tokens held, as plain tuples (the next round's `tokens`: no SDK type to unpickle)."""
+        return {scope: (token.token, token.expires_on) for scope, token in self._tokens.items()}
 
     def has_token(self, scope: str) -> bool:
         return scope in self._tokens

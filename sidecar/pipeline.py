@@ -17,8 +17,10 @@ import structlog
 from sidecar.delivery import Delivery
 from sidecar.environment import Resolution
 from sidecar.errors import SidecarError
+from sidecar.plan import FetchId
 from sidecar.references import ConnectionReference, KeyVaultReference, Variable, parse_environment
 from sidecar.settings import Settings, Workspace
+from sidecar.stores.base import Fetched
 
 log = structlog.get_logger("sidecar")
 
@@ -30,6 +32,7 @@ class Report:
     fetches: int = 0
     token_requests: int = 0
     ms: float = 0.0
+    carried: Carried | None = None  # for the next round of a long-running sidecar
 
 
 def _workspace_errors(variables: list[Variable], settings: Settings) -> list[SidecarError]:
@@ -43,19 +46,60 @@ def _workspace_errors(variables: list[Variable], settings: Settings) -> list[Sid
     ]
 
 
-def resolve_environment(env: Mapping[str, str], settings: Settings, delivery: Delivery) -> Report:
-    """Resolve every reference in `env`. Fails closed: any error leaves no value for that variable.
+@dataclass
+class Carried:
+    """What a long-running sidecar hands from one round to the next (see sidecar.refresh).
 
-    Every name that becomes a path or a shell line is checked, and the directories values go to
-    are opened (`delivery.prepare`), before anything is fetched.
+    The identity's tokens, so that a round asks for a token only when the last one runs out, as a
+    single run asks once per audience; what pinned references (a Key Vault version) fetched, which
+    can never change and so are never read again; and what each store learnt about its locations
+    (a vault's challenge), so that a round sends exactly one request per reference that can change.
     """
-    started = time.monotonic()
+
+    tokens: dict[str, tuple[str, int]] = field(default_factory=dict)
+    pinned: dict[FetchId, Fetched] = field(default_factory=dict)
+    stores: dict[str, bytes | None] = field(default_factory=dict)  # what each store learnt (Store.carry)
+    rounds: int = 0
+
+
+def prepare_variables(
+    env: Mapping[str, str], settings: Settings, delivery: Delivery
+) -> tuple[list[Variable], list[SidecarError]]:
+    """Everything before a fetch: parse the references, check the settings they need, check every name
+    that becomes a path or a shell line and open the directories values go to (`delivery.prepare`).
+    Imports no SDK.
+    """
     variables, errors = parse_environment(env, literal=settings.literal_variables)
     errors += _workspace_errors(variables, settings)
     errors += delivery.prepare(variables)
-    report = Report(errors=errors)
+    return variables, errors
+
+
+def resolve_environment(env: Mapping[str, str], settings: Settings, delivery: Delivery) -> Report:
+    """Resolve every reference in `env`. Fails closed: any error leaves no value for that variable.
+
+    Nothing is fetched, and no token requested, while a reference or a setting it needs is wrong.
+    """
+    variables, errors = prepare_variables(env, settings, delivery)
     if errors:
-        return report  # nothing is fetched, and no token requested, while a reference is wrong
+        return Report(errors=errors)
+    return fetch_values(variables, env, settings, delivery)
+
+
+def fetch_values(
+    variables: list[Variable],
+    env: Mapping[str, str],
+    settings: Settings,
+    delivery: Delivery,
+    carried: Carried | None = None,
+) -> Report:
+    """Fetch what the references name and build each variable's new value.
+
+    With `carried` (a round of a long-running sidecar), start from its tokens and pinned results and
+    leave the report's `carried` for the next round.
+    """
+    started = time.monotonic()
+    report = Report()
     if not any(variable.references for variable in variables):
         report.resolutions = [Resolution(variable, value="".join(variable.parts)) for variable in variables]  # type: ignore[arg-type]
         return report
@@ -66,19 +110,22 @@ def resolve_environment(env: Mapping[str, str], settings: Settings, delivery: De
     from sidecar.environment import resolve_variables
     from sidecar.identity import ManagedIdentity
     from sidecar.plan import make_plan
-    from sidecar.resolve import Deadline, fetch_all
+    from sidecar.resolve import Deadline, Outcome, fetch_all
     from sidecar.session import new_session
 
+    carried = carried or Carried()
     deadline = Deadline(settings.timeout_s)
-    identity = ManagedIdentity(settings, env)
-    log.info(
+    identity = ManagedIdentity(settings, env, tokens=carried.tokens)
+    (log.debug if carried.rounds else log.info)(
         "identity",
         flavour=identity.flavour,
         endpoint=identity.endpoint,
         client_id=identity.client_id,
         client_id_source=identity.client_id_source,
     )
-    session = new_session(list(settings.connect_to), pool_maxsize=settings.max_concurrency)
+    session = new_session(
+        list(settings.connect_to), pool_maxsize=settings.max_concurrency, announce=not carried.rounds
+    )
     verify: str | bool = ca_bundle or True
     kinds = {reference.store for variable in variables for reference in variable.references}
     stores = {}
@@ -93,10 +140,13 @@ def resolve_environment(env: Mapping[str, str], settings: Settings, delivery: De
         stores[ConnectionStore.kind] = ConnectionStore(
             identity, session, verify, settings.arm_endpoint, settings.workspace
         )
-    plan = make_plan(variables, stores)
+    for kind, store in stores.items():
+        store.resume(carried.stores.get(kind))
+    plan = make_plan(variables, stores, known=carried.pinned.keys())
     outcomes = fetch_all(
         plan, identity, deadline, max_concurrency=settings.max_concurrency, max_attempts=settings.max_attempts
     )
+    outcomes.update({fetch_id: Outcome(fetched=fetched) for fetch_id, fetched in carried.pinned.items()})
     report.resolutions = resolve_variables(
         plan, outcomes, delivery.files_dir, exec_limit=delivery.values_reach_an_environment
     )
@@ -104,6 +154,22 @@ def resolve_environment(env: Mapping[str, str], settings: Settings, delivery: De
     report.fetches = plan.fetch_count
     report.token_requests = identity.requests
     report.ms = (time.monotonic() - started) * 1000
+    pinned = {
+        plan.fetch_id(reference)
+        for variable in variables
+        for reference in variable.references
+        if not reference.can_change
+    }
+    report.carried = Carried(
+        tokens=identity.tokens,
+        pinned={
+            fetch_id: outcome.fetched
+            for fetch_id, outcome in outcomes.items()
+            if outcome.fetched is not None and fetch_id in pinned
+        },
+        stores={kind: store.carry() for kind, store in stores.items()},
+        rounds=carried.rounds + 1,
+    )
     return report
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 
 from sidecar.references import Reference, Variable
@@ -32,9 +32,10 @@ class Plan:
         )
 
 
-def make_plan(variables: list[Variable], stores: Mapping[str, Store]) -> Plan:
+def make_plan(variables: list[Variable], stores: Mapping[str, Store], known: Collection[FetchId] = ()) -> Plan:
+    """`known`: fetches whose result is already at hand (a pinned version read in an earlier round)."""
     plan = Plan(variables, stores)
-    seen: set[FetchId] = set()
+    seen: set[FetchId] = set(known)
     for variable in variables:
         for reference in variable.references:
             fetch_id = plan.fetch_id(reference)

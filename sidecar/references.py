@@ -172,6 +172,11 @@ class KeyVaultReference:
     def location(self) -> str:
         return self.vault_url
 
+    @property
+    def can_change(self) -> bool:
+        """Whether another read may answer differently: a pinned version never changes."""
+        return self.version is None
+
 
 @dataclass(frozen=True)
 class ConnectionReference:
@@ -188,6 +193,8 @@ class ConnectionReference:
     @property
     def location(self) -> str:
         return self.connection
+
+    can_change: ClassVar[bool] = True  # a connection's credentials are edited in place
 
 
 Reference = KeyVaultReference | ConnectionReference

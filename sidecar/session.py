@@ -22,8 +22,9 @@ from sidecar.connect_to import DEFAULT_PORTS, ConnectToRule, log
 class ConnectToAdapter(HTTPAdapter):
     """A requests adapter that applies connect-to rules below TLS and HTTP."""
 
-    def __init__(self, rules: list[ConnectToRule], **kwargs: object) -> None:
+    def __init__(self, rules: list[ConnectToRule], *, announce: bool = True, **kwargs: object) -> None:
         self._rules = rules
+        self._announce = log.warning if announce else log.debug  # a long-running sidecar warns in its first round
         self._announced: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -58,7 +59,7 @@ class ConnectToAdapter(HTTPAdapter):
                 first = (host, port) not in self._announced
                 self._announced.add((host, port))
             if first:
-                log.warning("connect_to", host=host, port=port, connects_to=f"{rule.address}:{rule.address_port}")
+                self._announce("connect_to", host=host, port=port, connects_to=f"{rule.address}:{rule.address_port}")
         return super().send(request, *args, **kwargs)
 
 
@@ -101,10 +102,13 @@ class Session(requests.Session):
         }
 
 
-def new_session(rules: list[ConnectToRule], *, pool_maxsize: int = 10) -> requests.Session:
-    """A requests session whose connections follow `rules` (none: a plain session) and pool per host."""
+def new_session(rules: list[ConnectToRule], *, pool_maxsize: int = 10, announce: bool = True) -> requests.Session:
+    """A requests session whose connections follow `rules` (none: a plain session) and pool per host.
+
+    `announce`: log each redirected host as a warning (else at debug).
+    """
     session = Session()
-    adapter = ConnectToAdapter(rules, pool_connections=4, pool_maxsize=pool_maxsize)
+    adapter = ConnectToAdapter(rules, announce=announce, pool_connections=4, pool_maxsize=pool_maxsize)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,15 @@ _GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 # Microsoft.MachineLearningServices WorkspaceNameParameter); they also keep the ARM path whole.
 _RESOURCE_GROUP = re.compile(r"[-\w._()]{0,89}[-\w_()]")
 _WORKSPACE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}")
+# supervise and render --watch
+DEFAULT_REFRESH_INTERVAL_S = 300.0
+MIN_REFRESH_INTERVAL_S = 1.0  # for tests and local runs
+MAX_REFRESH_INTERVAL_S = 86400.0
+DEFAULT_STOP_TIMEOUT_S = 30.0
+ON_CHANGE = ("auto", "restart", "signal", "none")  # the first is the default
+STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL")
+# Signals a server may take as "reload": never one that stops a process by convention.
+RELOAD_SIGNALS = ("HUP", "USR1", "USR2")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("info", "debug", "warning", "error")  # the first is the default
 
@@ -68,16 +78,19 @@ class Settings:
     files_owner: tuple[int, int] | None
 
 
-def _number(env: Mapping[str, str], name: str, default: float, maximum: float, *, integer: bool) -> float:
-    """A plain decimal number in (0, maximum]: no sign, exponent, inf or nan."""
+def _number(
+    env: Mapping[str, str], name: str, default: float, maximum: float, *, integer: bool, minimum: float = 0.0
+) -> float:
+    """A plain decimal number in (0, maximum] (or [minimum, maximum]): no sign, exponent, inf or nan."""
     text = env.get(name, "").strip()
     if not text:
         return default
     pattern, kind = (_WHOLE, "a whole number") if integer else (_SECONDS, "a number of seconds")
-    value = float(text) if pattern.fullmatch(text) else 0.0
-    if not 0 < value <= maximum:
+    value = float(text) if pattern.fullmatch(text) else -1.0
+    if not (minimum <= value <= maximum and value > 0):
+        lowest = f"at least {minimum:g}" if minimum else "above 0"
         raise ConfigurationError(
-            f"{name}={text!r} is not {kind} above 0 and at most {maximum:g}.", fix=f"set {name} to e.g. {default:g}."
+            f"{name}={text!r} is not {kind} {lowest} and at most {maximum:g}.", fix=f"set {name} to e.g. {default:g}."
         )
     return value
 
@@ -188,6 +201,56 @@ def _ca_bundle(env: Mapping[str, str]) -> str | ConfigurationError | None:
                 )
             return path
     return None
+
+
+@dataclass(frozen=True)
+class RefreshSettings:
+    """What `supervise` and `render --watch` add: how often to refresh, and what to do on a change."""
+
+    interval_s: float
+    on_change: str  # auto | restart | signal | none
+    reload_signal: signal.Signals | None
+    stop_signal: signal.Signals
+    stop_timeout_s: float
+
+
+def _signal(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> signal.Signals | None:
+    """A signal by name (HUP, SIGHUP, hup), one of `allowed`; None when unset."""
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    short = text.upper().removeprefix("SIG")
+    if short not in allowed:
+        raise ConfigurationError(
+            f"{name}={text!r} is not one of the signals {', '.join(allowed)}.", fix=f"set {name} to e.g. {allowed[0]}."
+        )
+    return signal.Signals[f"SIG{short}"]
+
+
+def load_refresh_settings(env: Mapping[str, str] | None = None) -> RefreshSettings:
+    """The settings of the refresh loop (read only by the commands that refresh)."""
+    env = os.environ if env is None else env
+    on_change = _choice(env, "SIDECAR_ON_CHANGE", ON_CHANGE)
+    reload_signal = _signal(env, "SIDECAR_RELOAD_SIGNAL", RELOAD_SIGNALS)
+    if on_change == "signal" and reload_signal is None:
+        raise ConfigurationError(
+            "SIDECAR_ON_CHANGE=signal needs SIDECAR_RELOAD_SIGNAL, the signal that makes the server re-read its files.",
+            fix="set SIDECAR_RELOAD_SIGNAL (e.g. HUP for gunicorn and azmlinfsrv), or SIDECAR_ON_CHANGE=restart.",
+        )
+    return RefreshSettings(
+        interval_s=_number(
+            env,
+            "SIDECAR_REFRESH_INTERVAL",
+            DEFAULT_REFRESH_INTERVAL_S,
+            MAX_REFRESH_INTERVAL_S,
+            integer=False,
+            minimum=MIN_REFRESH_INTERVAL_S,
+        ),
+        on_change=on_change,
+        reload_signal=reload_signal,
+        stop_signal=_signal(env, "SIDECAR_STOP_SIGNAL", STOP_SIGNALS) or signal.SIGTERM,
+        stop_timeout_s=_number(env, "SIDECAR_STOP_TIMEOUT", DEFAULT_STOP_TIMEOUT_S, MAX_TIMEOUT_S, integer=False),
+    )
 
 
 def log_settings(env: Mapping[str, str]) -> tuple[str, str]:

@@ -104,6 +104,13 @@ class Store(ABC):
     def fetch(self, key: Hashable, timeout: float) -> Fetched:
         """One attempt. Raise a SidecarError for a final answer, TransientError for one worth retrying."""
 
+    def carry(self) -> bytes | None:
+        """What this store learnt that the next round of a long-running sidecar may reuse (opaque to others)."""
+        return None
+
+    def resume(self, carried: bytes | None) -> None:  # noqa: B027 (most stores learn nothing to carry)
+        """Start from what an earlier round's `carry` returned."""
+
     def extract(self, reference: Reference, fetched: Fetched) -> str:
         """The reference's value out of what was fetched (raise NotFoundError for a missing part)."""
         return fetched.value

@@ -12,6 +12,7 @@ says what was wrong, never the exception's text (it can quote the body).
 from __future__ import annotations
 
 import json
+import pickle
 import threading
 import traceback
 from collections.abc import Hashable
@@ -28,6 +29,10 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.transport import RequestsTransport
 from azure.keyvault.secrets import SecretClient
+
+# The SDK keeps each vault's challenge in this process-wide cache; a long-running sidecar's rounds are
+# processes of their own, so the challenge is carried from one to the next (carry/resume).
+from azure.keyvault.secrets._shared import http_challenge_cache
 
 from sidecar.clouds import cloud_for_vault_host
 from sidecar.errors import (
@@ -121,6 +126,18 @@ class KeyVaultStore(Store):
                     retry_total=0,
                 )
             return client
+
+    def carry(self) -> bytes | None:
+        """The challenges learnt this round: the next round then sends no unauthenticated request first."""
+        with self._lock:
+            urls = list(self._clients)
+        challenges = {url: http_challenge_cache.get_challenge_for_url(url) for url in urls}
+        return pickle.dumps({url: challenge for url, challenge in challenges.items() if challenge is not None})
+
+    def resume(self, carried: bytes | None) -> None:
+        # Checked as any challenge is: the SDK verifies its resource against the vault's host before use.
+        for url, challenge in (pickle.loads(carried) if carried else {}).items():
+            http_challenge_cache.set_challenge_for_url(url, challenge)
 
     def describe(self, key: Hashable) -> str:
         vault_url, name, version = key  # type: ignore[misc]

@@ -1,12 +1,14 @@
 """The admin API (plain-HTTP listener, `/admin/...`) and `AdminClient`, its Python client.
 
 Tests and benchmarks use it to reset state, inject faults, tune the throttle, add fixture
-data at run time, mint tokens, and read counters and the request log.
+data at run time (and, for rotation tests, add secret versions, delete secrets and update
+connections), mint tokens, and read counters and the request log.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +20,10 @@ from azure_emulator.state import State
 from azure_emulator.web import Request, Response, json_response
 
 PREFIX = "/admin/"
+# Routes with names in them (the path after PREFIX, without a trailing slash).
+VERSIONS_ROUTE = re.compile(r"vaults/(?P<vault>[^/]+)/secrets/(?P<secret>[^/]+)/versions")
+SECRET_ROUTE = re.compile(r"vaults/(?P<vault>[^/]+)/secrets/(?P<secret>[^/]+)")
+CONNECTION_ROUTE = re.compile(r"workspaces/(?P<workspace>[^/]+)/connections/(?P<connection>[^/]+)")
 
 
 def handle(state: State, request: Request) -> Response:
@@ -73,7 +79,32 @@ def _route(state: State, request: Request, route: tuple[str, str], payload: Any)
     if route == ("POST", "tokens"):
         token, claims = state.mint(payload["client_id"].lower(), payload["audience"], int(payload["expires_in"]))
         return json_response(200, {"access_token": token, "expires_on": claims.expires_on})
-    return json_response(404, {"error": f"no admin route {route[0]} {request.path}"})
+    return _named_route(state, route, payload) or json_response(
+        404, {"error": f"no admin route {route[0]} {request.path}"}
+    )
+
+
+def _named_route(state: State, route: tuple[str, str], payload: Any) -> Response | None:
+    """The routes that name a secret or a connection in their path; None for any other route."""
+    method, path = route
+    if method == "POST" and (match := VERSIONS_ROUTE.fullmatch(path)):
+        if not isinstance(payload, dict):
+            raise FixtureError("POST .../versions takes a JSON object with at least 'value'")
+        version = state.add_version(_name(match["vault"]), _name(match["secret"]), payload)
+        return json_response(200, {"id": version})
+    if method == "DELETE" and (match := SECRET_ROUTE.fullmatch(path)):
+        state.delete_secret(_name(match["vault"]), _name(match["secret"]))
+        return json_response(200, {"status": "deleted"})
+    if method == "PATCH" and (match := CONNECTION_ROUTE.fullmatch(path)):
+        if not isinstance(payload, dict):
+            raise FixtureError("PATCH .../connections/{connection} takes a JSON object of connection fields")
+        state.update_connection(_name(match["workspace"]), _name(match["connection"]), payload)
+        return json_response(200, {"status": "updated"})
+    return None
+
+
+def _name(segment: str) -> str:
+    return urllib.parse.unquote(segment)
 
 
 def _fault(spec: Any, index: int) -> Fault:
@@ -135,6 +166,23 @@ class AdminClient:
         """Merge identities/vaults/workspaces (fixture format) into the running fixture."""
         self._call("POST", "load", fragment)
 
+    def add_version(self, vault: str, name: str, value: str, **fields: Any) -> str:
+        """Add a new version of a secret, which becomes its latest (as Key Vault's Set Secret); its id.
+
+        Creates the secret if the vault has none of that name. fields (fixture format): `id` (32
+        lowercase hex; default a random one), `contentType`, `enabled`, `exp`, `nbf`, `tags`.
+        """
+        body = {"value": value, **fields}
+        return self._call("POST", f"vaults/{_quote(vault)}/secrets/{_quote(name)}/versions", body)["id"]
+
+    def delete_secret(self, vault: str, name: str) -> None:
+        """Remove a secret with all its versions; reads then get 404 SecretNotFound."""
+        self._call("DELETE", f"vaults/{_quote(vault)}/secrets/{_quote(name)}")
+
+    def update_connection(self, workspace: str, connection: str, fields: dict[str, Any]) -> None:
+        """Replace a connection's fields (fixture format) one by one; `credentials` is replaced whole."""
+        self._call("PATCH", f"workspaces/{_quote(workspace)}/connections/{_quote(connection)}", fields)
+
     def mint_token(self, client_id: str, audience: str, expires_in: int) -> str:
         """A token as the emulator would issue it; a negative expires_in gives an expired one."""
         spec = {"client_id": client_id, "audience": audience, "expires_in": expires_in}
@@ -150,10 +198,14 @@ class AdminClient:
             url += "?" + urllib.parse.urlencode(params)
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(url, data=data, method=method)
-        if method != "GET":  # the admin API refuses any other method without it (admin_guard)
+        if method != "GET":  # POST, PUT, PATCH, DELETE: the admin API refuses them without it (admin_guard)
             request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise AdminError(f"{method} {url}: {exc.code} {exc.read().decode(errors='replace')}") from None
+
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")

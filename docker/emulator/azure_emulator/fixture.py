@@ -11,6 +11,7 @@ import copy
 import datetime as dt
 import hashlib
 import re
+import secrets as random_ids
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,19 @@ VAULT_NAME = re.compile(r"^[A-Za-z][0-9A-Za-z-]{1,22}[0-9A-Za-z]$")
 # Azure ML workspace and connection names (azure-rest-api-specs).
 AML_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$")
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# What the admin API's new secret version may carry (created is the time it is added).
+NEW_VERSION_KEYS = {"id", "value", "enabled", "exp", "nbf", "contentType", "tags"}
+# The connection fields `_connection` reads, which the admin API may replace.
+CONNECTION_KEYS = {
+    "authType",
+    "category",
+    "target",
+    "credentials",
+    "metadata",
+    "expiryTime",
+    "isSharedToAll",
+    "created",
+}
 AUTH_TYPES = {
     "PAT",
     "ManagedIdentity",
@@ -83,6 +97,99 @@ def merge(base: dict[str, Any], fragment: Mapping[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def with_version(
+    raw: dict[str, Any], vault: str, secret: str, spec: Mapping[str, Any], now: int
+) -> tuple[dict[str, Any], str]:
+    """A copy of raw where secret (created if missing) has a new version, its latest; and that version's id.
+
+    As Key Vault's Set Secret: the new version is created `now`, or at the secret's latest `created`
+    if the fixture dates a version later (the newest-created is the latest; a tie goes to the one
+    listed last, the new one). A shorthand secret becomes a versions list whose first entry keeps
+    the version id derived from its name, so reads by that id still work. `build` validates the rest.
+    """
+    where = f"vaults.{vault}.secrets.{secret}"
+    if not isinstance(spec, Mapping):
+        raise FixtureError(f"{where}: a new version is a JSON object with at least 'value'")
+    _no_unknown_keys(spec, NEW_VERSION_KEYS, f"{where} (new version)")
+    version_id = spec.get("id")
+    if version_id is None:
+        version_id = random_ids.token_hex(16)
+    elif not isinstance(version_id, str) or not VERSION_ID.fullmatch(version_id):
+        raise FixtureError(f"{where}.id: must be 32 lowercase hex digits, got {version_id!r}")
+    edited = copy.deepcopy(raw)
+    vault_spec = _raw_vault(edited, vault)
+    secrets = vault_spec["secrets"] = vault_spec.get("secrets") or {}
+    key = _raw_key(secrets, secret) or secret
+    existing = secrets.get(key)
+    created = now
+    if existing is None:
+        versions: list[Any] = []
+    else:
+        created = max(now, _secret(vault, key, existing, f"vaults.{vault}.secrets.{key}").latest.created)
+        if "versions" in existing:
+            versions = existing["versions"]
+        else:
+            versions = [{**existing, "id": existing.get("id") or default_version_id(vault, key, 0)}]
+    versions.append({**copy.deepcopy(dict(spec)), "id": version_id, "created": created})
+    secrets[key] = {"versions": versions}
+    return edited, version_id
+
+
+def without_secret(raw: dict[str, Any], vault: str, secret: str) -> dict[str, Any]:
+    """A copy of raw without secret (all its versions); FixtureError if there is no such secret."""
+    edited = copy.deepcopy(raw)
+    secrets = _raw_vault(edited, vault).get("secrets") or {}
+    key = _raw_key(secrets, secret)
+    if key is None:
+        raise FixtureError(f"vaults.{vault}.secrets: no secret named {secret!r}")
+    del secrets[key]
+    return edited
+
+
+def with_connection_fields(
+    raw: dict[str, Any], workspace: str, connection: str, fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A copy of raw where the connection's fields are replaced one by one (credentials as a whole)."""
+    if not isinstance(fields, Mapping) or not fields:
+        raise FixtureError("a connection update is a non-empty JSON object of connection fields")
+    edited = copy.deepcopy(raw)
+    spec = _raw_entry(edited, "workspaces", workspace, "workspace")
+    where = f"workspaces.{workspace}.connections"
+    connections = spec.get("connections") or {}
+    key = _raw_key(connections, connection)
+    if key is None:
+        raise FixtureError(f"{where}: no connection named {connection!r}")
+    _no_unknown_keys(fields, CONNECTION_KEYS, f"{where}.{key}")
+    connections[key] = {**connections[key], **copy.deepcopy(dict(fields))}
+    return edited
+
+
+def _raw_vault(raw: dict[str, Any], vault: str) -> dict[str, Any]:
+    return _raw_entry(raw, "vaults", vault, "vault")
+
+
+def _raw_entry(raw: dict[str, Any], section: str, name: str, what: str) -> dict[str, Any]:
+    """raw[section][name] (names exact, as `load` merges them); FixtureError if there is none."""
+    entries = raw.get(section) or {}
+    key = next((key for key in entries if str(key) == name), None)
+    if key is None:
+        raise FixtureError(f"no {what} named {name!r} in the fixture")
+    return entries[key]
+
+
+def _raw_key(items: Mapping[str, Any], name: str) -> str | None:
+    """The key naming name, exactly or else ignoring case (secret and connection names are case-insensitive)."""
+    if name in items:
+        return name
+    lowered = name.lower()
+    return next((key for key in items if str(key).lower() == lowered), None)
+
+
+def default_version_id(vault: str, secret: str, index: int) -> str:
+    """The id of a version the fixture lists without one: derived from the vault, secret and position."""
+    return hashlib.sha256(f"{vault}/{secret}/{index}".encode()).hexdigest()[:32]
 
 
 def load(path: str | Path) -> tuple[dict[str, Any], Fixture]:
@@ -236,7 +343,7 @@ def _version(vault: str, secret: str, index: int, spec: Any, where: str) -> Secr
     spec = _as_mapping(spec, where)
     allowed = {"id", "value", "enabled", "created", "updated", "exp", "nbf", "contentType", "tags"}
     _no_unknown_keys(spec, allowed, where)
-    version = spec.get("id") or hashlib.sha256(f"{vault}/{secret}/{index}".encode()).hexdigest()[:32]
+    version = spec.get("id") or default_version_id(vault, secret, index)
     if not isinstance(version, str) or not VERSION_ID.fullmatch(version):
         raise FixtureError(f"{where}.id: must be 32 lowercase hex digits, got {version!r}")
     value = _require(spec, "value", str, where)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -99,7 +100,8 @@ class State:
         self._apply_fault_config()
 
     def reset(self) -> None:
-        """Back to the fixture as loaded: runtime additions, faults, throttle, counters and log."""
+        """Back to the fixture as loaded (runtime additions, new versions, deletions and connection
+        updates undone); faults, throttle, counters and log too."""
         with self._lock:
             self._raw = self._original_raw
             self.fixture = fixture_module.build(self._raw)
@@ -113,9 +115,29 @@ class State:
         if unknown:
             raise fixture_module.FixtureError(f"load: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
         with self._lock:
-            merged = fixture_module.merge(self._raw, fragment)
-            self.fixture = fixture_module.build(merged)  # raises before anything changes
-            self._raw = merged
+            self._swap(fixture_module.merge(self._raw, fragment))
+
+    def add_version(self, vault: str, secret: str, spec: Mapping[str, Any]) -> str:
+        """Add a new version (the latest) of a secret, creating the secret if needed; its version id."""
+        with self._lock:
+            edited, version = fixture_module.with_version(self._raw, vault, secret, spec, int(time.time()))
+            self._swap(edited)
+        return version
+
+    def delete_secret(self, vault: str, secret: str) -> None:
+        """Remove a secret and all its versions."""
+        with self._lock:
+            self._swap(fixture_module.without_secret(self._raw, vault, secret))
+
+    def update_connection(self, workspace: str, connection: str, fields: Mapping[str, Any]) -> None:
+        """Replace a connection's fields one by one (fixture format; credentials as a whole)."""
+        with self._lock:
+            self._swap(fixture_module.with_connection_fields(self._raw, workspace, connection, fields))
+
+    def _swap(self, raw: dict[str, Any]) -> None:
+        """Make raw the fixture in force; the caller holds the lock. All or nothing."""
+        self.fixture = fixture_module.build(raw)  # raises before anything changes
+        self._raw = raw
 
     def _apply_fault_config(self) -> None:
         self.faults.replace(self.fixture.faults)
