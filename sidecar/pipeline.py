@@ -123,9 +123,7 @@ def fetch_values(
         client_id=identity.client_id,
         client_id_source=identity.client_id_source,
     )
-    session = new_session(
-        list(settings.connect_to), pool_maxsize=settings.max_concurrency, announce=not carried.rounds
-    )
+    session = new_session(list(settings.connect_to), pool_maxsize=settings.max_concurrency, announce=not carried.rounds)
     verify: str | bool = ca_bundle or True
     kinds = {reference.store for variable in variables for reference in variable.references}
     stores = {}

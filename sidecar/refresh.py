@@ -126,6 +126,7 @@ class Refresher:
         self._round: Round | None = None
         self._round_killed_at = math.inf
         self._next_round_at = math.inf
+        self._requested_at = math.inf  # a round asked for by the reload signal, not started yet
         self._restart_at = math.inf  # a restart waiting for its turn (at most one per interval)
         self._kill_at = math.inf  # a stopping child gets SIGKILL then
         self._stopping = False  # stopped for a restart: start the new child when it exits
@@ -170,6 +171,7 @@ class Refresher:
                 raise result
             assert result is not None
             report = result
+            _remember(report)
         log_report(report)
         if report.errors:
             code = exit_code_for(report.errors)
@@ -235,7 +237,8 @@ class Refresher:
                 self._leave(128 + signum)
             return
         if signum == self._refresh.reload_signal:
-            self._refresh_soon(signum)
+            if not self._terminating:
+                self._refresh_soon(signum)
             return
         log.info("signal", signal=signum.name, to="child process group", pid=self._child.pid)
         self._child.signal_group(signum)
@@ -304,12 +307,13 @@ class Refresher:
     def _schedule_next_round(self) -> float:
         backoff = 2 ** min(self._failed_rounds, MAX_BACKOFF_DOUBLINGS)
         delay = self._refresh.interval_s * backoff * random.uniform(1 - JITTER, 1 + JITTER)
-        self._next_round_at = time.monotonic() + delay
-        return delay
+        self._next_round_at = min(time.monotonic() + delay, self._requested_at)
+        return max(0.0, self._next_round_at - time.monotonic())
 
     def _refresh_soon(self, signum: signal.Signals) -> None:
         delay = random.uniform(0, min(ON_DEMAND_SPLAY_S, self._refresh.interval_s / 10))
-        self._next_round_at = min(self._next_round_at, time.monotonic() + delay)
+        self._requested_at = min(self._requested_at, time.monotonic() + delay)
+        self._next_round_at = min(self._next_round_at, self._requested_at)  # after the round under way, if any
         log.info("refresh requested", signal=signum.name, in_s=round(delay, 2))
 
     def _start_round(self) -> None:
@@ -321,6 +325,8 @@ class Refresher:
             self._carried,
         )
         self._next_round_at = math.inf
+        if time.monotonic() >= self._requested_at:
+            self._requested_at = math.inf
         self._round = Round(lambda: fetch_values(variables, env, settings, delivery, carried), self._handled)
         self._round_killed_at = time.monotonic() + settings.timeout_s + ROUND_GRACE_S
 
@@ -348,7 +354,6 @@ class Refresher:
         self._on_refreshed(result)
 
     def _on_accepted(self, report: Report) -> None:
-        _remember(report)
         self._carried = report.carried
 
     def _on_round_failed(self, error: str, fix: str | None) -> None:
@@ -363,6 +368,7 @@ class Refresher:
         )
 
     def _on_refreshed(self, report: Report) -> None:
+        _remember(report)
         self._on_accepted(report)
         change, failures = compare(self._current, report.resolutions)
         for error in failures:

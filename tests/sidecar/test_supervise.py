@@ -318,6 +318,21 @@ def test_a_termination_signal_during_a_restart_cancels_it(emulator, tmp_path, fi
         assert len(starts(run)) == 1 and len(run.events("started")) == 1  # no new child
 
 
+def test_a_child_that_does_not_stop_in_time_is_killed_and_replaced(emulator, tmp_path, fixture_secret_values):
+    cmd = probe(tmp_path, "--term-delay", "60", "--names", "DB_PASSWORD")
+    env = {"DB_PASSWORD": SECRET, "SIDECAR_STOP_TIMEOUT": "1", "SIDECAR_STOP_SIGNAL": "INT"}
+    with supervised(emulator, tmp_path, fixture_secret_values, env, cmd=cmd) as run:
+        run.add_secrets(NEW_VALUE)
+        first = run.wait_child("start")[0]
+        emulator.admin.add_version("contoso-kv", "db-password", NEW_VALUE)
+        second = run.wait_child("start", 2)[1]
+        assert second["env"] == {"DB_PASSWORD": NEW_VALUE}
+        # The stop signal was INT (recorded, ignored), then SIGKILL after SIDECAR_STOP_TIMEOUT.
+        assert [event["signal"] for event in run.child_events("signal")] == ["SIGINT"]
+        assert run.events("stop timeout", pid=first["pid"])
+        assert run.events("stopped for restart", pid=first["pid"], exit_code=137)
+
+
 def test_a_failing_first_resolution_never_starts_the_command(emulator, tmp_path, fixture_secret_values):
     env = {"MISSING": kv("no-such-secret"), "DB_PASSWORD": SECRET}
     with supervised(emulator, tmp_path, fixture_secret_values, env, cmd=probe(tmp_path)) as run:

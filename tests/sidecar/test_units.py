@@ -85,3 +85,65 @@ def test_connect_to_rules():
     for bad in ("a:1:192.168.1.1:2", "a:1:127.0.0.1", "a:x:127.0.0.1:2", "a:1:localhost:99999"):
         with pytest.raises(ConfigurationError):
             parse_connect_to(bad)
+
+
+def _resolution(name: str, value: str | None, **fields: object):
+    from pathlib import Path
+
+    from sidecar.environment import Resolution
+
+    variable = parse_variable(name, "keyvault:https://contoso-kv.vault.azure.net/secrets/s")
+    file_data = fields.pop("file_data", None)
+    return Resolution(
+        variable, value=value, file_data=file_data, file_path=Path("/f") if file_data is not None else None, **fields
+    )
+
+
+def test_compare_finds_each_kind_of_change_and_keeps_failed_variables_out():
+    from sidecar.refresh import compare
+
+    current = {
+        "SAME": _resolution("SAME", "a"),
+        "ENV": _resolution("ENV", "old"),
+        "FILE": _resolution("FILE", "/f", file_data=b"old"),
+        "GONE": _resolution("GONE", "x"),
+        "FAILS": _resolution("FAILS", "keep"),
+    }
+    change, failures = compare(current, [_resolution("SAME", "a")])
+    assert (change.resolutions, change.environment, change.files, failures) == ({}, False, False, [])
+
+    change, _ = compare(current, [_resolution("FILE", "/f", file_data=b"new")])
+    assert (list(change.resolutions), change.environment, change.files) == (["FILE"], False, True)
+
+    change, _ = compare(current, [_resolution("ENV", "new"), _resolution("GONE", None, unset=True)])
+    assert (list(change.resolutions), change.environment, change.files) == (["ENV", "GONE"], True, False)
+
+    error = NotFoundError("gone.", variable="FAILS")
+    change, failures = compare(current, [_resolution("FAILS", None, errors=[error])])
+    assert (change.resolutions, failures) == ({}, [error])
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, (300.0, "auto", None, "SIGTERM", 30.0)),
+        (
+            {
+                "SIDECAR_REFRESH_INTERVAL": "1",
+                "SIDECAR_ON_CHANGE": "Signal",
+                "SIDECAR_RELOAD_SIGNAL": "sighup",
+                "SIDECAR_STOP_SIGNAL": "QUIT",
+                "SIDECAR_STOP_TIMEOUT": "2.5",
+            },
+            (1.0, "signal", "SIGHUP", "SIGQUIT", 2.5),
+        ),
+    ],
+)
+def test_refresh_settings(env, expected):
+    from sidecar.settings import load_refresh_settings
+
+    refresh = load_refresh_settings(env)
+    reload_signal = refresh.reload_signal.name if refresh.reload_signal else None
+    assert (refresh.interval_s, refresh.on_change, reload_signal, refresh.stop_signal.name, refresh.stop_timeout_s) == (
+        expected
+    )
