@@ -6,10 +6,19 @@
 #
 # When an environment value may hold a secret reference ("${{" anywhere, or
 # "keyvault:" / "azureml://" anywhere, compared case-insensitively) it execs
-#   sidecar exec -- "$@"
-# which resolves the references and execs the command with the sidecar's PID.
-# Otherwise it execs the command itself, without starting Python.
+#   sidecar exec -- "$@"        (SIDECAR_MODE unset, empty or "exec")
+# which resolves the references and execs the command with the sidecar's PID, or
+#   sidecar supervise -- "$@"   (SIDECAR_MODE=supervise)
+# which resolves the same way, then stays as PID 1 with the command as its child:
+# it refreshes the references every SIDECAR_REFRESH_INTERVAL seconds, restarts
+# the command or sends it SIDECAR_RELOAD_SIGNAL on a change, passes signals on
+# to its process group and exits with its exit code (128+N for signal N).
+# Otherwise (no reference at all, in either mode) it execs the command itself,
+# without starting Python: there is nothing to resolve or keep current.
 # The sidecar is found on PATH; SIDECAR_BIN names another one.
+# Any other SIDECAR_MODE (matched case-insensitively) is refused with 78, the
+# sidecar's configuration exit code, before the fast path: a typo never
+# silently turns supervision off.
 #
 # The scan reads the process's own initial environment from /proc with shell
 # builtins only: it sees every entry, including names that are not shell
@@ -24,9 +33,26 @@ if [ "$#" -eq 0 ]; then
         'Resolves secret references (${{keyvault:...}}, ${{azureml://connections/...}},' \
         'keyvault:..., azureml://...) in the environment with the sidecar, then execs' \
         'COMMAND; with no reference in the environment, execs COMMAND directly.' \
+        'SIDECAR_MODE=supervise: the sidecar stays, runs COMMAND as its child and keeps' \
+        'its secrets current (SIDECAR_REFRESH_INTERVAL, SIDECAR_RELOAD_SIGNAL).' \
         'Set the image CMD, or pass a command: docker run IMAGE COMMAND [ARG...]' >&2
     exit 64
 fi
+
+case ${SIDECAR_MODE:-} in
+    '' | [Ee][Xx][Ee][Cc])
+        _sidecar_mode='exec'
+        ;;
+    [Ss][Uu][Pp][Ee][Rr][Vv][Ii][Ss][Ee])
+        _sidecar_mode='supervise'
+        ;;
+    *)
+        printf "entrypoint.sh: SIDECAR_MODE='%s' is not a mode; accepted values: exec (the default:" "$SIDECAR_MODE" >&2
+        printf ' resolve, then exec the command) or supervise (resolve, run the command as a child and' >&2
+        printf ' keep its secrets current); unset it or set one of them\n' >&2
+        exit 78
+        ;;
+esac
 
 _sidecar_ref=
 if [ -r "/proc/$$/environ" ]; then
@@ -48,7 +74,7 @@ else
 fi
 
 if [ -z "$_sidecar_ref" ]; then
-    unset _sidecar_ref
+    unset _sidecar_ref _sidecar_mode
     exec "$@"
 fi
 unset _sidecar_ref
@@ -60,4 +86,4 @@ if [ -z "${SIDECAR_BIN:-}" ]; then
         exit 127
     fi
 fi
-exec "$SIDECAR_BIN" exec -- "$@"
+exec "$SIDECAR_BIN" "$_sidecar_mode" -- "$@"

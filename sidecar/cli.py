@@ -28,7 +28,7 @@ from sidecar.errors import (
     command_error,
     exit_code_for,
 )
-from sidecar.settings import Settings, load_settings, log_settings
+from sidecar.settings import Settings, load_settings, log_settings, unknown_settings
 
 if TYPE_CHECKING:
     from sidecar.delivery import Delivery
@@ -171,7 +171,8 @@ def _parser() -> argparse.ArgumentParser:
         "--watch",
         action="store_true",
         help="keep running and rewrite the files when a value changes (a Kubernetes sidecar container; the "
-        "settings of supervise apply); exits 128+N on TERM, INT, HUP or QUIT",
+        "settings of supervise apply); exits 128+N on TERM, INT, HUP or QUIT; SIDECAR_RELOAD_SIGNAL asks for a "
+        "round now",
     )
     return parser
 
@@ -291,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         settings = load_settings()  # the log settings it validates are the ones configured above
         log.info("start", command=args.command, version=__version__, pid=os.getpid())
+        for name in unknown_settings(os.environ):
+            log.warning(
+                "unknown setting", setting=name, fix="check its spelling against `sidecar --help`; it is ignored."
+            )
         if args.command == "exec":
             _exec(args.cmd, settings)
         if args.command == "supervise":

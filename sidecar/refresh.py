@@ -231,14 +231,14 @@ class Refresher:
     def _on_signal(self, signum: signal.Signals) -> None:
         if signum == signal.SIGCHLD:
             return  # reaped right after
+        if signum == self._refresh.reload_signal and self._resolved:
+            if not self._terminating:
+                self._refresh_soon(signum)
+            return
         if self._child is None:  # before the child starts, or render --watch
             if signum in WATCH_TERMINATING:
                 log.warning("signal", signal=signum.name, exit_code=128 + signum)
                 self._leave(128 + signum)
-            return
-        if signum == self._refresh.reload_signal:
-            if not self._terminating:
-                self._refresh_soon(signum)
             return
         log.info("signal", signal=signum.name, to="child process group", pid=self._child.pid)
         self._child.signal_group(signum)

@@ -253,6 +253,37 @@ def load_refresh_settings(env: Mapping[str, str] | None = None) -> RefreshSettin
     )
 
 
+# Every SIDECAR_* name something reads (entrypoint.sh reads the last two): any other is a typo.
+KNOWN_SETTINGS = frozenset(
+    {
+        "SIDECAR_CLIENT_ID",
+        "SIDECAR_TIMEOUT",
+        "SIDECAR_MAX_CONCURRENCY",
+        "SIDECAR_MAX_ATTEMPTS",
+        "SIDECAR_LOG_FORMAT",
+        "SIDECAR_LOG_LEVEL",
+        "SIDECAR_CONNECT_TO",
+        "SIDECAR_ARM_ENDPOINT",
+        "SIDECAR_LITERAL",
+        "SIDECAR_FILES_DIR",
+        "SIDECAR_FILES_ALLOW_DISK",
+        "SIDECAR_FILES_OWNER",
+        "SIDECAR_REFRESH_INTERVAL",
+        "SIDECAR_ON_CHANGE",
+        "SIDECAR_RELOAD_SIGNAL",
+        "SIDECAR_STOP_SIGNAL",
+        "SIDECAR_STOP_TIMEOUT",
+        "SIDECAR_MODE",
+        "SIDECAR_BIN",
+    }
+)
+
+
+def unknown_settings(env: Mapping[str, str]) -> list[str]:
+    """SIDECAR_* names nothing reads: most likely misspelt settings, which would otherwise pass unnoticed."""
+    return sorted(name for name in env if name.startswith(PREFIX) and name not in KNOWN_SETTINGS)
+
+
 def log_settings(env: Mapping[str, str]) -> tuple[str, str]:
     """Log format and level alone, so that logging works even when other settings are wrong."""
     fmt = env.get("SIDECAR_LOG_FORMAT", "").strip().lower()

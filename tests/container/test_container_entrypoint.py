@@ -1,8 +1,9 @@
 """entrypoint.sh on the host, under every POSIX shell found here: no container needed.
 
 The fast path (no reference in the environment) must exec the command itself, in the same
-process; any value that may hold a reference must take the slow path (`sidecar exec -- CMD`).
-A fake `sidecar` on PATH records how it was called.
+process; any value that may hold a reference must take the slow path (`sidecar exec -- CMD`,
+or `sidecar supervise -- CMD` with SIDECAR_MODE=supervise). Any other SIDECAR_MODE is refused
+(78) on both paths. A fake `sidecar` on PATH records how it was called.
 """
 
 from __future__ import annotations
@@ -110,6 +111,89 @@ def test_no_arguments_prints_usage_and_exits_64(shell: str) -> None:
     assert result.returncode == 64
     assert result.stderr.startswith("usage: entrypoint.sh COMMAND")
     assert result.stdout == ""
+
+
+# SIDECAR_MODE
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("mode", ["supervise", "Supervise", "SUPERVISE"])
+@pytest.mark.parametrize("case", ["platform", "deferred-azureml", "second-line", "odd-name"])
+def test_supervise_mode_runs_the_sidecar_s_supervise(shell: str, mode: str, case: str, fake_bin: Path) -> None:
+    env = {**SLOW[case], "SIDECAR_MODE": mode}
+    result = run(shell, env, "server", "--flag", "two words", "", "-- x", path=f"{fake_bin}:/usr/bin:/bin")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "SIDECAR [supervise] [--] [server] [--flag] [two words] [] [-- x]"
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("mode", ["", "exec", "EXEC"])
+def test_exec_mode_or_an_empty_one_keeps_sidecar_exec(shell: str, mode: str, fake_bin: Path) -> None:
+    result = run(shell, {**SLOW["platform"], "SIDECAR_MODE": mode}, "server", path=f"{fake_bin}:/usr/bin:/bin")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "SIDECAR [exec] [--] [server]"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_supervise_mode_with_sidecar_bin(shell: str, fake_bin: Path) -> None:
+    env = {"SIDECAR_BIN": str(fake_bin / "sidecar"), "SIDECAR_MODE": "supervise", "K": "keyvault:" + KV}
+    result = run(shell, env, "server")
+    assert result.stdout.strip() == "SIDECAR [supervise] [--] [server]", result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_supervise_mode_without_a_sidecar_is_127(shell: str) -> None:
+    result = run(shell, {"SIDECAR_MODE": "supervise", "K": "keyvault:" + KV}, "server")
+    assert result.returncode == 127
+    assert "'sidecar' is not on PATH" in result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_supervise_mode_without_a_reference_still_execs_the_command_directly(shell: str, fake_bin: Path) -> None:
+    """Nothing to resolve, nothing to keep current: no Python, the command keeps the entrypoint's PID."""
+    env = {"SIDECAR_MODE": "supervise", "PLAIN": "value", "TEMPLATE": "{{ jinja }} and ${VAR}"}
+    process = subprocess.Popen(
+        [*shell_command(shell), str(ENTRYPOINT), "sh", "-c", 'echo "$$ $SIDECAR_MODE"'],
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "SIDECAR" not in out
+    # The same PID (an exec, no fork); on the fast path the SIDECAR_* settings stay, as documented.
+    assert out.strip() == f"{process.pid} supervise", out
+
+
+BAD_MODES = ["superviser", "supervise ", " exec", "Exec2", "run", "1", "supervise\nexec", "*", "$(id)"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("mode", BAD_MODES, ids=repr)
+@pytest.mark.parametrize("with_reference", [True, False], ids=["slow-path", "fast-path"])
+def test_an_unknown_mode_is_refused_with_78_on_either_path(
+    shell: str, mode: str, with_reference: bool, fake_bin: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    env = {"SIDECAR_MODE": mode, **(SLOW["platform"] if with_reference else {"PLAIN": "value"})}
+    result = run(shell, env, "touch", str(marker), path=f"{fake_bin}:/usr/bin:/bin")
+    assert result.returncode == 78, (result.stdout, result.stderr)
+    assert result.stdout == "", "neither the sidecar nor the command may run"
+    assert not marker.exists(), "the command ran"
+    assert f"SIDECAR_MODE='{mode}'" in result.stderr
+    assert "exec" in result.stderr and "supervise" in result.stderr
+    assert result.stderr.startswith("entrypoint.sh: ")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_no_arguments_is_64_whatever_the_mode(shell: str) -> None:
+    for mode in ("supervise", "bogus"):
+        result = run(shell, {"SIDECAR_MODE": mode})
+        assert result.returncode == 64, (mode, result.stderr)
+        assert result.stderr.startswith("usage: entrypoint.sh COMMAND")
 
 
 def test_the_fast_path_costs_a_few_milliseconds() -> None:

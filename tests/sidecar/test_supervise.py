@@ -430,6 +430,24 @@ def test_render_watch_exits_130_on_int(emulator, tmp_path, fixture_secret_values
         assert run.wait_exit() == 130
 
 
+def test_render_watch_takes_the_reload_signal_as_a_request_for_a_round(
+    emulator, tmp_path, fixture_secret_values, shm_dir
+):
+    env = {"DB_PASSWORD": SECRET, "SIDECAR_RELOAD_SIGNAL": "HUP", "SIDECAR_MISSPELT_INTERVAL": "5"}
+    args = ("--watch", "--dir", str(shm_dir))
+    with supervised(
+        emulator, tmp_path, fixture_secret_values, env, command="render", args=args, interval="3600"
+    ) as run:
+        run.add_secrets(NEW_VALUE)
+        run.wait_event("rendered")
+        assert run.events("unknown setting", setting="SIDECAR_MISSPELT_INTERVAL")
+        emulator.admin.add_version("contoso-kv", "db-password", NEW_VALUE)
+        run.signal(signal.SIGHUP)  # the reload signal: a round now, not the end
+        run.wait_for(lambda: (shm_dir / "DB_PASSWORD").read_text() == NEW_VALUE, "the new value in its file")
+        run.signal(signal.SIGQUIT)
+        assert run.wait_exit() == 131
+
+
 def test_the_resident_process_imports_no_sdk(emulator, tmp_path, fixture_secret_values):
     """Rounds run in forked processes: the one that stays holds no Azure SDK (its memory, bench/RESULTS.md)."""
     with supervised(emulator, tmp_path, fixture_secret_values, {"DB_PASSWORD": SECRET}, cmd=probe(tmp_path)) as run:
