@@ -96,6 +96,8 @@ exit codes:
   66 not found; 69 unavailable (network, retries exhausted, deadline, an answer of the wrong
   shape); 70 internal error (a bug); 77 permission denied; 78 configuration; 126 CMD not
   executable; 127 CMD not found. With several failures: the first present of 65, 78, 77, 66, 69.
+  supervise: once CMD runs, CMD's code, or 128+N when signal N killed it. A signal that ends
+  the sidecar before CMD runs (or ends render --watch): 128+N.
 """
 
 
