@@ -31,8 +31,12 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.keyvault.secrets import SecretClient
 
 # The SDK keeps each vault's challenge in this process-wide cache; a long-running sidecar's rounds are
-# processes of their own, so the challenge is carried from one to the next (carry/resume).
-from azure.keyvault.secrets._shared import http_challenge_cache
+# processes of their own, so the challenge is carried from one to the next (carry/resume). A private
+# module of the pinned SDK: without it, each round costs one unauthenticated request per vault more.
+try:
+    from azure.keyvault.secrets._shared import http_challenge_cache
+except ImportError:  # another SDK version
+    http_challenge_cache = None
 
 from sidecar.clouds import cloud_for_vault_host
 from sidecar.errors import (
@@ -129,6 +133,8 @@ class KeyVaultStore(Store):
 
     def carry(self) -> bytes | None:
         """The challenges learnt this round: the next round then sends no unauthenticated request first."""
+        if http_challenge_cache is None:
+            return None
         with self._lock:
             urls = list(self._clients)
         challenges = {url: http_challenge_cache.get_challenge_for_url(url) for url in urls}
@@ -136,6 +142,8 @@ class KeyVaultStore(Store):
 
     def resume(self, carried: bytes | None) -> None:
         # Checked as any challenge is: the SDK verifies its resource against the vault's host before use.
+        if http_challenge_cache is None:
+            return
         for url, challenge in (pickle.loads(carried) if carried else {}).items():
             http_challenge_cache.set_challenge_for_url(url, challenge)
 
