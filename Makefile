@@ -26,7 +26,7 @@ test: $(STAMP)
 emulator: $(STAMP)
 	$(BIN)/python docker/emulator
 
-## bench: the benchmarks (about 5 minutes); rewrites bench/RESULTS.md and the plot
+## bench: the benchmarks (about 7 minutes); rewrites bench/RESULTS.md and the plot
 bench: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python bench/run.py

@@ -204,3 +204,17 @@ def leaked(text: str) -> int:
 def median(values: list[float]) -> float:
     values = [v for v in values if v == v]  # drop NaN (failed runs are reported separately)
     return statistics.median(values) if values else float("nan")
+
+
+def fmt(ms: float) -> str:
+    return "-" if ms != ms else f"{ms:,.1f}"
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)

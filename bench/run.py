@@ -1,7 +1,8 @@
 """Run every benchmark against the local emulator and write bench/RESULTS.md and the plot.
 
-    .venv/bin/python bench/run.py            # full run (about 10 minutes on 2 cores)
-    .venv/bin/python bench/run.py --smoke    # every section, few runs, small N (under a minute)
+    .venv/bin/python bench/run.py                  # full run (about 7 minutes on 2 cores)
+    .venv/bin/python bench/run.py --smoke          # every section, few runs, small N (about a minute)
+    .venv/bin/python bench/run.py --only rotation  # one section; the report keeps the others' last figures
 
 Benchmarks, not tests: nothing here asserts on time. Each section prints its table as it goes.
 Secret values never appear in the output: runs are checked for the bench values' prefix and only
@@ -22,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import rotation
 from common import (
     BENCH,
     BENCH_VAULT,
@@ -34,15 +36,18 @@ from common import (
     Spawned,
     base_env,
     conn_ref,
+    fmt,
     kv_ref,
     leaked,
     marker_cost_ms,
     median,
     peak_rss_kb,
+    say,
     set_latency,
     setup_emulator,
     spawn_timed,
     start_emulator,
+    table,
 )
 
 FLOOR = [PYTHON, str(BENCH / "floor.py")]
@@ -96,20 +101,6 @@ FLEETS = [
     {"replicas": 20, "secrets": 100, "limit": 40, "window_s": 0.1, "retry_after": None},
     {"replicas": 10, "secrets": 200, "limit": 400, "window_s": 1.0, "retry_after": 1},
 ]
-
-
-def fmt(ms: float) -> str:
-    return "-" if ms != ms else f"{ms:,.1f}"
-
-
-def table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 # 1. The no-reference fast path ------------------------------------------------------------------
@@ -453,9 +444,64 @@ def targets(cfg: Config) -> str:
             ratio <= 1.3,
         )
         add(f"{label}: requests (429s included) at most 1.5x R x S", f"{per_secret:.2f}x", per_secret <= 1.5)
+    rotation_targets(cfg.results.get("rotation") or {}, add)
     if not rows:
         return ""
     return table(["target", "measured", "this run"], rows) + "\n"
+
+
+def rotation_targets(results: dict, add) -> None:
+    resident = results.get("resident") or {}
+    for n, size in (resident.get("sizes") or {}).items():
+        rss = size["rss_kb"] / 1024
+        add(
+            f"supervise, {n} references: at most 30 MiB RSS between rounds",
+            f"{rss:.1f} MiB (exec's peak: {size['exec_peak_kb'] / 1024:.1f} MiB)",
+            rss <= 30,
+        )
+        add(
+            f"supervise, {n} references: no CPU between rounds",
+            f"{size['cpu_ticks']} ticks, "
+            + ("" if size["sched_ms"] is None else f"{size['sched_ms']:.3f} ms, ")
+            + f"{size['voluntary_switches']} wake-ups in {size['window_s']:.0f} s",
+            size["cpu_ticks"] == 0,
+        )
+    latency = results.get("latency") or {}
+    for path in ("restart", "signal"):
+        if path in latency:
+            p = latency[path]
+            add(
+                f"rotation latency ({path} path) within interval x 1.1 + the round",
+                f"{p['within_bound']} of {len(p['samples'])} rotations; max {p['latency_s']['max']:.2f} s "
+                f"(interval {latency['interval_s']:g} s)",
+                p["within_bound"] == len(p["samples"]),
+            )
+    single = results.get("requests") or {}
+    if "total" in single:
+        expected = sum(single["expected_per_round"].values())
+        per_round = [r["total"] for r in single["per_round"]]
+        add(
+            "one supervisor: requests per round = the distinct fetches that can change",
+            f"{min(per_round)}-{max(per_round)} per round, {expected} expected; "
+            f"{single['total']['keyvault_401']} challenges, {single['total']['tokens']} token requests after the first",
+            set(per_round) == {expected} and single["total"]["keyvault_401"] == 0,
+        )
+    fleet = results.get("fleet") or {}
+    if "requests_per_round_per_secret" in fleet:
+        ratio = fleet["requests_per_round_per_secret"]
+        add(
+            f"fleet {fleet['replicas']} x {fleet['secrets']}: requests per round per replica <= 1.1 S",
+            f"{ratio:.3f} S ({fleet['rounds_total']['keyvault_429']} 429s in rounds)",
+            ratio <= 1.1,
+        )
+    downtime = results.get("downtime") or {}
+    if "reload" in downtime:
+        add(
+            "azmlinfsrv under load, reload path (HUP): 0 failed requests",
+            f"{downtime['reload']['failed']} failed of {downtime['reload']['requests']}; restart path: "
+            f"{downtime['restart']['failed']} failed",
+            downtime["reload"]["failed"] == 0,
+        )
 
 
 # RESULTS.md -------------------------------------------------------------------------------------
@@ -497,7 +543,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="the Markdown report (default: bench/RESULTS.md)")
     parser.add_argument("--store-latency-ms", type=int, default=20, help="per Key Vault and ARM request (20)")
     parser.add_argument("--token-latency-ms", type=int, default=5, help="per token request (5)")
-    parser.add_argument("--only", action="append", choices=("fast", "n", "imports", "fleet"), help="run sections")
+    parser.add_argument(
+        "--only", action="append", choices=tuple(TITLES), help="run only these sections (the report keeps the others)"
+    )
     parser.add_argument("--fleet", type=int, action="append", help="only these fleet scenarios (0-based)")
     parser.add_argument("--no-fleet-baseline", action="store_true", help="skip the baseline fleet (2x faster)")
     args = parser.parse_args()
@@ -508,11 +556,13 @@ def main() -> None:
     if args.fleet:
         cfg.fleets = [cfg.fleets[i] for i in args.fleet]
     cfg.fleet_baseline = not args.no_fleet_baseline
-    sections = args.only or ["fast", "n", "imports", "fleet"]
+    sections = args.only or list(TITLES)
     started = time.monotonic()
     max_n = max(cfg.ns)
     fleet_secrets = max(spec["secrets"] for spec in cfg.fleets)
     say(f"bench: {'smoke' if cfg.smoke else 'full'} run; starting the emulator")
+    rotation_plan = rotation.SMOKE if cfg.smoke else rotation.FULL
+    fleet_secrets = max(fleet_secrets, rotation_plan.fleet_replicas * rotation_plan.fleet_secrets)
     emu = start_emulator(max_n, max(max_n // 10, 1), fleet_secrets)
     parts: dict[str, str] = {}
     try:
@@ -538,40 +588,84 @@ def main() -> None:
             set_latency(emu, cfg.store_ms, cfg.token_ms)
             parts["fleet"] = bench_fleet(cfg, emu)
             say(parts["fleet"])
+        if "rotation" in sections:
+            say("5. rotation (sidecar supervise)")
+            setup_emulator(emu, max_n, max(max_n // 10, 1), fleet_secrets)  # a short request log again
+            set_latency(emu, cfg.store_ms, cfg.token_ms)
+            parts["rotation"], cfg.results["rotation"] = rotation.bench_rotation(cfg.smoke, emu)
     finally:
         emu.stop()
     elapsed = time.monotonic() - started
-    write_report(cfg, parts, marker_ms, elapsed)
+    write_report(cfg, parts, elapsed, sections)
     say(f"bench: done in {elapsed:.0f} s; wrote {cfg.out}")
 
 
 GENERATED_START = "<!-- generated by bench/run.py: start -->"
 GENERATED_END = "<!-- generated by bench/run.py: end -->"
+TITLES = {
+    "fast": "1. No-reference fast path",
+    "n": "2. Time to exec vs N",
+    "imports": "3. Imports and memory",
+    "fleet": "4. Fleet start",
+    "rotation": "5. Rotation (`sidecar supervise`)",
+}
+RESULT_KEYS = {"fast": "fast_path", "n": "vs_n", "imports": "imports", "fleet": "fleet", "rotation": "rotation"}
+PROVENANCE = "_Measured by: "
 
 
-def write_report(cfg: Config, parts: dict[str, str], marker_ms: float, elapsed: float) -> None:
-    """Write the measured part between markers, keeping any hand-written analysis around it."""
+def previous_report(out: Path) -> tuple[dict[str, str], str, dict]:
+    """The last report's generated sections (by key), its run line, and its JSON: kept for sections not run now."""
+    text = out.read_text() if out.exists() else ""
+    sections: dict[str, str] = {}
+    run_line = ""
+    if GENERATED_START in text and GENERATED_END in text:
+        block = text.split(GENERATED_START, 1)[1].split(GENERATED_END, 1)[0]
+        run_line = next((line for line in block.splitlines() if line.startswith("Measured ")), "")
+        for key, title in TITLES.items():
+            heading = f"### {title}\n"
+            if heading in block:
+                body = block.split(heading, 1)[1]
+                end = body.find("\n### ")
+                sections[key] = (body[: end + 1] if end >= 0 else body).strip("\n") + "\n"
+    try:
+        results = json.loads(out.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        results = {}
+    return sections, run_line, results
+
+
+def write_report(cfg: Config, parts: dict[str, str], elapsed: float, sections: list[str]) -> None:
+    """Write the measured part between markers, keeping any hand-written analysis around it.
+
+    A run of some sections only (--only) keeps the other sections' text and JSON from the last report;
+    every section starts with the run that measured it.
+    """
     command = ".venv/bin/python bench/run.py" + (" --smoke" if cfg.smoke else "")
-    titles = {
-        "fast": "1. No-reference fast path",
-        "n": "2. Time to exec vs N",
-        "imports": "3. Imports and memory",
-        "fleet": "4. Fleet start",
-    }
-    body = [
-        GENERATED_START,
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, revision {git_revision()}, "
-        f"`{command}` ({'smoke' if cfg.smoke else 'full'} run, {elapsed:.0f} s).",
-        "",
-        f"Machine: {machine()}.",
-        "",
-    ]
+    command += "".join(f" --only {key}" for key in sections) if set(sections) != set(TITLES) else ""
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    run_line = (
+        f"Measured {stamp}, revision {git_revision()}, `{command}` ({'smoke' if cfg.smoke else 'full'} run, "
+        f"{elapsed:.0f} s)."
+    )
+    kept, kept_run_line, kept_results = previous_report(cfg.out)
+    for key in TITLES:
+        if key not in parts and key in kept and RESULT_KEYS[key] in kept_results:
+            cfg.results.setdefault(RESULT_KEYS[key], kept_results[RESULT_KEYS[key]])
+    body = [GENERATED_START, run_line, "", f"Machine: {machine()}.", ""]
     checked = targets(cfg)
     if checked:
-        body += ["### Targets, as measured in this run", "", checked]
-    for key, title in titles.items():
+        if set(parts) != set(TITLES):
+            body += ["### Targets, as measured by the runs named in each section", "", checked]
+        else:
+            body += ["### Targets, as measured in this run", "", checked]
+    for key, title in TITLES.items():
         if key in parts:
-            body += [f"### {title}", "", parts[key]]
+            body += [f"### {title}", "", f"{PROVENANCE}{run_line[len('Measured ') :].rstrip('.')}._", "", parts[key]]
+        elif key in kept:
+            text = kept[key]
+            if not text.startswith(PROVENANCE):  # a section from a report written before these lines existed
+                text = f"{PROVENANCE}{kept_run_line[len('Measured ') :].rstrip('.')}._\n\n" + text
+            body += [f"### {title}", "", text]
     body.append(GENERATED_END)
     generated = "\n".join(body) + "\n"
     previous = cfg.out.read_text() if cfg.out.exists() else ""

@@ -36,7 +36,7 @@ import structlog
 
 from sidecar.delivery import Delivery
 from sidecar.environment import Resolution, child_environment
-from sidecar.errors import SidecarError, command_error, exit_code_for
+from sidecar.errors import InternalError, SidecarError, command_error, exit_code_for
 from sidecar.logs import redactor
 from sidecar.pipeline import Carried, Report, fetch_values, log_report, prepare_variables
 from sidecar.references import Variable
@@ -151,8 +151,14 @@ class Refresher:
         else:
             log.info("rendered", variables=len(report.resolutions))
         self._schedule_first_round()
-        while self._exit is None:
-            self._wait()
+        try:
+            while self._exit is None:
+                self._wait()
+        except BaseException:
+            # Leaving for an unexpected reason: stop the child rather than leave it without its parent.
+            if self._child is not None and self._child.exit_code is None:
+                self._child.signal_group(signal.SIGTERM)
+            raise
         return self._exit
 
     def _resolve_first(self) -> Report | int:
@@ -351,7 +357,11 @@ class Refresher:
         if isinstance(result, SidecarError):
             self._on_round_failed(result.message, result.fix)
             return
-        self._on_refreshed(result)
+        try:
+            self._on_refreshed(result)
+        except Exception as error:  # a bug in handling a refresh must not take the running server down
+            internal = InternalError.from_exception(error)
+            self._on_round_failed(internal.message, internal.fix)
 
     def _on_accepted(self, report: Report) -> None:
         self._carried = report.carried

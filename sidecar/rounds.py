@@ -24,11 +24,18 @@ class Round:
     """A round under way: its pid, and the pipe its report comes through."""
 
     def __init__(self, work: Callable[[], Report], handled: Iterable[int]) -> None:
+        handled = list(handled)
         read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the round
-            os.close(read)
-            _run(work, write, handled)
+        # Blocked across the fork: until the round has let go of the supervisor's handlers and signal
+        # pipe, a signal it got would read as the supervisor's own. Pending ones arrive when unblocked.
+        signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the round
+                os.close(read)
+                _run(work, write, handled)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
         os.close(write)
         os.set_blocking(read, False)
         self.pid = pid
@@ -58,9 +65,17 @@ class Round:
                 f"the resolution round (pid {self.pid}) ended without a report (exit code {self.exit_code}).",
                 fix="check the log lines above; if nothing explains it, report this as a sidecar bug.",
             )
-        result = pickle.loads(self._data)
-        self._data.clear()  # the values live on in the report only
-        assert isinstance(result, Report | SidecarError)
+        try:
+            result = pickle.loads(self._data)
+        except Exception:  # cut short: the round was killed while it sent its report
+            result = None
+        finally:
+            self._data.clear()  # the values live on in the report only
+        if not isinstance(result, Report | SidecarError):
+            return InternalError(
+                f"the resolution round (pid {self.pid}) sent an incomplete report (exit code {self.exit_code}).",
+                fix="check the log lines above (a round killed by the system, e.g. out of memory?).",
+            )
         return result
 
     def kill(self) -> None:
@@ -78,6 +93,8 @@ def _run(work: Callable[[], Report], pipe: int, handled: Iterable[int]) -> None:
         signal.set_wakeup_fd(-1)
         for signum in handled:  # a signal to the round ends it; the loop sees it gone
             signal.signal(signum, signal.SIG_DFL)
+        os.setpgid(0, 0)  # out of the supervisor's process group: a signal to that group is not for the round
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
         try:
             result: Report | SidecarError = work()
         except SidecarError as error:

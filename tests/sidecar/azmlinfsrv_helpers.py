@@ -60,11 +60,15 @@ def _relocate_scripts(bin_dir: Path, old: Path, new: Path) -> None:
             script.write_bytes(content.replace(bytes(old), bytes(new)))
 
 
+class VenvUnavailable(RuntimeError):
+    """The venv could not be built (no package index?); the message says why, with pip's last lines."""
+
+
 def build_venv() -> Path:
     """The azmlinfsrv venv: reused when complete, else built in a temporary directory and renamed into place.
 
-    Installing needs PyPI (or the pip configuration's index). When it fails, the test fails under CI
-    and is skipped elsewhere, with pip's last lines as the reason.
+    Installing needs PyPI (or the pip configuration's index); VenvUnavailable says why it failed.
+    The bench (bench/rotation.py) builds the same venv through this function.
     """
     final = venv_path()
     if (final / COMPLETE).is_file():
@@ -93,10 +97,12 @@ def build_venv() -> Path:
                     step, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, stdin=subprocess.DEVNULL
                 )
             except subprocess.TimeoutExpired:
-                _unavailable(f"'{' '.join(step[-4:])}' took more than {INSTALL_TIMEOUT_S} s")
+                raise VenvUnavailable(f"'{' '.join(step[-4:])}' took more than {INSTALL_TIMEOUT_S} s") from None
             if done.returncode != 0:
                 tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
-                _unavailable(f"creating the azmlinfsrv venv failed (exit {done.returncode}) at {step[2:4]}:\n{tail}")
+                raise VenvUnavailable(
+                    f"creating the azmlinfsrv venv failed (exit {done.returncode}) at {step[2:4]}:\n{tail}"
+                )
         _relocate_scripts(building / "bin", building, final)
         (building / COMPLETE).write_text(f"{REQUIREMENTS.read_text()}\n# built with {sys.version}\n")
         try:
@@ -110,10 +116,14 @@ def build_venv() -> Path:
     return final
 
 
-def _unavailable(reason: str) -> None:
-    if in_ci():
-        pytest.fail(f"the azmlinfsrv tests cannot run under CI: {reason}", pytrace=False)
-    pytest.skip(f"the azmlinfsrv venv could not be installed (no network?): {reason}")
+def venv_or_skip() -> Path:
+    """build_venv() for a test: without the venv, the test fails under CI and is skipped elsewhere."""
+    try:
+        return build_venv()
+    except VenvUnavailable as error:
+        if in_ci():
+            pytest.fail(f"the azmlinfsrv tests cannot run under CI: {error}", pytrace=False)
+        pytest.skip(f"the azmlinfsrv venv could not be installed (no network?): {error}")
 
 
 def free_port() -> int:

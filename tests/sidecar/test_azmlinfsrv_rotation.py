@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azmlinfsrv_helpers import Load, Outcome, build_venv, free_port, supervised_azmlinfsrv, wait_ready
+from azmlinfsrv_helpers import Load, Outcome, free_port, supervised_azmlinfsrv, venv_or_skip, wait_ready
 from sidecar_helpers import kv
 from supervise_helpers import Supervised
 
@@ -33,7 +33,7 @@ AFTER_ROTATION = 20  # successful responses with the new value before the load s
 
 @pytest.fixture(scope="session")
 def azmlinfsrv_venv() -> Path:
-    return build_venv()
+    return venv_or_skip()
 
 
 def recipe_env(shm_dir: Path, **settings: str) -> dict[str, str]:

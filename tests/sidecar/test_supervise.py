@@ -6,6 +6,7 @@ wait is bounded (supervise_helpers.WAIT_S) and names what it waited for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -192,6 +193,26 @@ def test_a_failing_refresh_keeps_the_child_and_its_values_then_recovers(
         second = run.wait_child("start", 2)[1]
         assert second["env"] == {"DB_PASSWORD": NEW_VALUE}
         assert first["pid"] != second["pid"]
+
+
+def test_a_round_that_dies_is_a_failed_round_and_the_child_keeps_running(emulator, tmp_path, fixture_secret_values):
+    with supervised(emulator, tmp_path, fixture_secret_values, {"DB_PASSWORD": SECRET}, cmd=probe(tmp_path)) as run:
+        [start] = run.wait_child("start")
+        emulator.admin.add_fault({"kind": "keyvault", "hang_s": 30, "count": None})  # rounds hang in their fetch
+
+        def kill_a_round() -> list[dict]:
+            for entry in Path("/proc").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    status = (entry / "status").read_text()
+                    if f"\nPPid:\t{run.pid}\n" in status and int(entry.name) != start["pid"]:
+                        os.kill(int(entry.name), signal.SIGKILL)  # the round (as the OOM killer would)
+            return run.events("refresh failed", variable=None)
+
+        [failed] = run.wait_for(kill_a_round, "a round-level 'refresh failed' after killing the round")
+        assert "ended without a report" in failed["error"] and failed["action"].startswith("keeping every")
+        emulator.admin.clear_faults()
+        run.wait_event("refreshed")  # the next round works again
+        assert run.process.poll() is None and len(starts(run)) == 1 and not run.child_events("term")
 
 
 @pytest.mark.parametrize(
