@@ -95,8 +95,12 @@ def _remember(report: Report) -> None:
             redactor.add(resolution.value)
         if resolution.file_data is not None:
             redactor.add(resolution.file_data.decode("utf-8", "replace"))
-    for token, _ in (report.carried.tokens if report.carried else {}).values():
-        redactor.add(token)
+    if report.carried:
+        for token, _ in report.carried.tokens.values():
+            redactor.add(token)
+        for fetched in report.carried.pinned.values():  # a pinned secret as fetched, before its options
+            if isinstance(fetched.value, str):
+                redactor.add(fetched.value)
 
 
 class Refresher:
