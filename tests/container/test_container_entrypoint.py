@@ -54,11 +54,12 @@ def run(shell: str, env: dict[str, str], *args: str, path: str = "/usr/bin:/bin"
     )
 
 
-@pytest.mark.parametrize("shell", SHELLS)
-def test_no_reference_execs_the_command_in_the_same_process(shell: str, fake_bin: Path) -> None:
-    env = {"PLAIN": "value", "TEMPLATE": "{{ jinja }} and $HOME and ${VAR}", "URL": "https://example.invalid/"}
+def run_in_place(shell: str, fake_bin: Path, env: dict[str, str], script: str) -> tuple[int, str]:
+    """Run `entrypoint.sh sh -c SCRIPT` with a fake sidecar on PATH: the entrypoint's PID and what SCRIPT printed.
+
+    The fake sidecar prints SIDECAR; the output must not hold it (no sidecar ran)."""
     process = subprocess.Popen(
-        [*shell_command(shell), str(ENTRYPOINT), "sh", "-c", 'echo "$$"'],
+        [*shell_command(shell), str(ENTRYPOINT), "sh", "-c", script],
         env={"PATH": f"{fake_bin}:/usr/bin:/bin", **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -68,7 +69,14 @@ def test_no_reference_execs_the_command_in_the_same_process(shell: str, fake_bin
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert "SIDECAR" not in out
-    assert out.strip() == str(process.pid), "the command did not get the entrypoint's PID (no exec)"
+    return process.pid, out
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_no_reference_execs_the_command_in_the_same_process(shell: str, fake_bin: Path) -> None:
+    env = {"PLAIN": "value", "TEMPLATE": "{{ jinja }} and $HOME and ${VAR}", "URL": "https://example.invalid/"}
+    pid, out = run_in_place(shell, fake_bin, env, 'echo "$$"')
+    assert out.strip() == str(pid), "the command did not get the entrypoint's PID (no exec)"
 
 
 SLOW = {
@@ -153,19 +161,9 @@ def test_supervise_mode_without_a_sidecar_is_127(shell: str) -> None:
 def test_supervise_mode_without_a_reference_still_execs_the_command_directly(shell: str, fake_bin: Path) -> None:
     """Nothing to resolve, nothing to keep current: no Python, the command keeps the entrypoint's PID."""
     env = {"SIDECAR_MODE": "supervise", "PLAIN": "value", "TEMPLATE": "{{ jinja }} and ${VAR}"}
-    process = subprocess.Popen(
-        [*shell_command(shell), str(ENTRYPOINT), "sh", "-c", 'echo "$$ $SIDECAR_MODE"'],
-        env={"PATH": f"{fake_bin}:/usr/bin:/bin", **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    out, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err
-    assert "SIDECAR" not in out
+    pid, out = run_in_place(shell, fake_bin, env, 'echo "$$ $SIDECAR_MODE"')
     # The same PID (an exec, no fork); on the fast path the SIDECAR_* settings stay, as documented.
-    assert out.strip() == f"{process.pid} supervise", out
+    assert out.strip() == f"{pid} supervise", out
 
 
 BAD_MODES = ["superviser", "supervise ", " exec", "Exec2", "run", "1", "supervise\nexec", "*", "$(id)"]

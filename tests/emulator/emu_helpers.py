@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import ssl
+from typing import Any
+from urllib.parse import urlsplit
 
 SYSTEM = "11111111-1111-4111-8111-111111111111"
 USER = "22222222-2222-4222-8222-222222222222"
@@ -48,3 +52,20 @@ def raw_tls_exchange(port: int, ca_bundle: str, host: str, request: bytes) -> by
         while data := sock.recv(65536):
             received += data
         return received
+
+
+def admin_call(emulator: Any, method: str, route: str, body: Any = None, **headers: str) -> tuple[int, Any]:
+    """(status, JSON payload) of one admin request. Header names take _ for - (Content_Type=...); Host
+    defaults to the one in http_url."""
+    url = urlsplit(emulator.http_url)
+    data = None if body is None else json.dumps(body).encode()
+    sent = {"Host": url.netloc, **{name.replace("_", "-"): value for name, value in headers.items()}}
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        connection.request(method, f"/admin/{route}", body=data, headers=sent)
+        response = connection.getresponse()
+        status, raw = response.status, response.read()
+    finally:
+        connection.close()
+    assert response.getheader("Content-Type", "").startswith("application/json"), raw
+    return status, json.loads(raw)

@@ -5,36 +5,16 @@ Raw http.client requests, so each test controls exactly the Host, Origin and Con
 
 from __future__ import annotations
 
-import http.client
-import json
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 from azure_emulator.launcher import EmulatorError, EmulatorProcess
-from emu_helpers import KV_RESOURCE, SYSTEM
+from emu_helpers import KV_RESOURCE, SYSTEM, admin_call
 
 JSON = "application/json"
 FAULT = {"kind": "arm", "status": 500}
 TOKEN_REQUEST = {"client_id": SYSTEM, "audience": KV_RESOURCE, "expires_in": 3600}
-
-
-def admin_call(emulator: EmulatorProcess, method: str, route: str, body: Any = None, **headers: str) -> tuple[int, Any]:
-    """(status, JSON payload) of one admin request. Header names take _ for - (Content_Type=...); Host
-    defaults to the one in http_url."""
-    url = urlsplit(emulator.http_url)
-    data = None if body is None else json.dumps(body).encode()
-    sent = {"Host": url.netloc, **{name.replace("_", "-"): value for name, value in headers.items()}}
-    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-    try:
-        connection.request(method, f"/admin/{route}", body=data, headers=sent)
-        response = connection.getresponse()
-        status, raw = response.status, response.read()
-    finally:
-        connection.close()
-    assert response.getheader("Content-Type", "").startswith(JSON), raw
-    return status, json.loads(raw)
 
 
 def port(emulator: EmulatorProcess) -> int:

@@ -6,7 +6,6 @@ ARM over verified TLS with IMDS tokens.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import time
@@ -15,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from azure_emulator.admin import AdminError
-from emu_helpers import ARM, ARM_API, ARM_RESOURCE, KV_API, KV_RESOURCE, VAULT, WS_MAIN, bearer
+from emu_helpers import ARM, ARM_API, ARM_RESOURCE, KV_API, KV_RESOURCE, VAULT, WS_MAIN, admin_call, bearer
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 OPENAI_VERSIONS = {
@@ -54,20 +53,6 @@ def list_secrets(https, token):
         return response.json()["properties"]
 
     return post
-
-
-def admin_call(emulator, method: str, route: str, body: Any = None, **headers: str) -> tuple[int, Any]:
-    """(status, JSON payload) of one raw admin request; header names take _ for -."""
-    url = urlsplit(emulator.http_url)
-    data = None if body is None else json.dumps(body).encode()
-    sent = {"Host": url.netloc, **{name.replace("_", "-"): value for name, value in headers.items()}}
-    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-    try:
-        connection.request(method, f"/admin/{route}", body=data, headers=sent)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
 
 
 def version_of(response) -> str:
