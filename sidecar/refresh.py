@@ -24,7 +24,6 @@ an interval if that is less), so that a signal sent to every replica at once is 
 from __future__ import annotations
 
 import math
-import os
 import random
 import select
 import signal
@@ -42,7 +41,7 @@ from sidecar.pipeline import Carried, Report, fetch_values, log_report, prepare_
 from sidecar.references import Variable
 from sidecar.rounds import Round
 from sidecar.settings import RefreshSettings, Settings
-from sidecar.supervisor import FORWARDED, TERMINATING, Child, SignalPipe, become_subreaper, exit_code, reap
+from sidecar.supervisor import FORWARDED, TERMINATING, Child, SignalPipe, become_subreaper, reap
 
 log = structlog.get_logger("sidecar")
 
@@ -147,7 +146,6 @@ class Refresher:
         if isinstance(report, int):
             return report
         self._resolved = True
-        self._on_accepted(report)
         self._current = {resolution.variable.name: resolution for resolution in report.resolutions}
         self._delivery.write(report.resolutions)
         if self._command is not None:
@@ -181,7 +179,7 @@ class Refresher:
                 raise result
             assert result is not None
             report = result
-            _remember(report)
+            self._accept(report)
         log_report(report)
         if report.errors:
             code = exit_code_for(report.errors)
@@ -327,34 +325,31 @@ class Refresher:
         log.info("refresh requested", signal=signum.name, in_s=round(delay, 2))
 
     def _start_round(self) -> None:
-        variables, env, settings, delivery, carried = (
-            self._variables,
-            self._env,
-            self._settings,
-            self._delivery,
-            self._carried,
-        )
         self._next_round_at = math.inf
         if time.monotonic() >= self._requested_at:
             self._requested_at = math.inf
-        self._round = Round(lambda: fetch_values(variables, env, settings, delivery, carried), self._handled)
-        self._round_killed_at = time.monotonic() + settings.timeout_s + ROUND_GRACE_S
+        # The work runs in the fork at once, on the fork's copy of this state.
+        self._round = Round(
+            lambda: fetch_values(self._variables, self._env, self._settings, self._delivery, self._carried),
+            self._handled,
+        )
+        self._round_killed_at = time.monotonic() + self._settings.timeout_s + ROUND_GRACE_S
+
+    def _end_round(self) -> Round:
+        """The round under way, reaped and no longer under way."""
+        assert self._round is not None
+        ended, self._round = self._round, None
+        ended.wait()
+        self._round_killed_at = math.inf
+        return ended
 
     def _kill_round(self) -> None:
         assert self._round is not None
         self._round.kill()
-        if self._round.exit_code is None:
-            self._round.exit_code = exit_code(os.waitpid(self._round.pid, 0)[1])
-        self._round = None
-        self._round_killed_at = math.inf
+        self._end_round()
 
     def _on_round_end(self) -> None:
-        assert self._round is not None
-        if self._round.exit_code is None:
-            self._round.exit_code = exit_code(os.waitpid(self._round.pid, 0)[1])
-        result = self._round.result()
-        self._round = None
-        self._round_killed_at = math.inf
+        result = self._end_round().result()
         if not self._resolved:
             self._first = result
             return
@@ -367,7 +362,9 @@ class Refresher:
             internal = InternalError.from_exception(error)
             self._on_round_failed(internal.message, internal.fix)
 
-    def _on_accepted(self, report: Report) -> None:
+    def _accept(self, report: Report) -> None:
+        """Take a round's report: its values are sensitive here too, its `carried` is for the next round."""
+        _remember(report)
         self._carried = report.carried
 
     def _on_round_failed(self, error: str, fix: str | None) -> None:
@@ -382,8 +379,7 @@ class Refresher:
         )
 
     def _on_refreshed(self, report: Report) -> None:
-        _remember(report)
-        self._on_accepted(report)
+        self._accept(report)
         change, failures = compare(self._current, report.resolutions)
         for error in failures:
             log.error(

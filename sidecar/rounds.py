@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 
 from sidecar.errors import InternalError, SidecarError
 from sidecar.pipeline import Report
+from sidecar.supervisor import exit_code
 
 
 class Round:
@@ -41,7 +42,7 @@ class Round:
         self.pid = pid
         self._pipe: int | None = read
         self._data = bytearray()
-        self.exit_code: int | None = None  # set by the loop that reaps it
+        self.exit_code: int | None = None  # set by the loop's reaper, or by wait()
 
     def fileno(self) -> int:
         assert self._pipe is not None
@@ -77,6 +78,11 @@ class Round:
                 fix="check the log lines above (a round killed by the system, e.g. out of memory?).",
             )
         return result
+
+    def wait(self) -> None:
+        """Reap the round, unless the loop's reaper already did (and set `exit_code`)."""
+        if self.exit_code is None:
+            self.exit_code = exit_code(os.waitpid(self.pid, 0)[1])
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):

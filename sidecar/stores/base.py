@@ -105,7 +105,10 @@ class Store(ABC):
         """One attempt. Raise a SidecarError for a final answer, TransientError for one worth retrying."""
 
     def carry(self) -> bytes | None:
-        """What this store learnt that the next round of a long-running sidecar may reuse (opaque to others)."""
+        """What this store learnt that the next round of a long-running sidecar may reuse.
+
+        Bytes, opaque to others: the resident process keeps them without unpickling (or importing) SDK types.
+        """
         return None
 
     def resume(self, carried: bytes | None) -> None:  # noqa: B027 (most stores learn nothing to carry)
