@@ -22,13 +22,15 @@ from sidecar import __version__, logs
 from sidecar.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
+    ConfigurationError,
     InternalError,
+    MissingRoleError,
     SidecarError,
     UsageError,
     command_error,
     exit_code_for,
 )
-from sidecar.settings import Settings, load_settings, log_settings, unknown_settings
+from sidecar.settings import Settings, load_settings, log_settings, parsing_settings, unknown_settings
 
 if TYPE_CHECKING:
     from sidecar.delivery import Delivery
@@ -43,7 +45,9 @@ references (in any environment value):
   ${{azureml://connections/<conn>/target}}
   ${{azureml://connections/<conn>/credentials/<name>}} (CustomKeys: keys.<name>)
   ${{azureml://connections/<conn>/metadata/<name>}}
-  Platform form: may sit inside other text, several per value; $${{ is a literal ${{.
+  Platform form: may sit inside other text, several per value; $${{ is a literal ${{
+  (both are the sidecar's own: on a managed online endpoint, where the platform resolves
+  this form itself, use the deferred form for them).
   Deferred form: the same URI as the whole value, without ${{ }}, e.g.
   keyvault:https://kv.vault.azure.net/secrets/api-key. List a variable in
   SIDECAR_LITERAL to pass its value on unchanged.
@@ -71,6 +75,11 @@ settings:
   SIDECAR_MAX_ATTEMPTS     attempts per request, transient failures only (default 10, at most 100)
   SIDECAR_CONNECT_TO       HOST:PORT:ADDRESS:PORT2[,...], loopback IP ADDRESS only (local runs, tests)
   SIDECAR_LITERAL          variables whose values are never parsed (comma-separated names)
+  SIDECAR_PLATFORM_FORM    resolve (default): the sidecar resolves ${{...}};  pass: the platform already
+                           did (a managed online endpoint's secret injection), so ${{ is never parsed and
+                           only the deferred form is resolved
+  SIDECAR_ROLE_WAIT        seconds to keep retrying a 403 from Key Vault or ARM while a new role assignment
+                           propagates (default 0: fail at once); within SIDECAR_TIMEOUT, so raise both
   SIDECAR_FILES_DIR        directory for file delivery (default /dev/shm/sidecar; a tmpfs, no link in its
                            path, the sidecar's own, not writable by others; created 0700 if missing)
   SIDECAR_FILES_ALLOW_DISK true: accept a SIDECAR_FILES_DIR that is not in memory
@@ -238,7 +247,7 @@ def _printable(text: str) -> str:
     return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
-def _print_check(report: Report, fmt: str) -> None:
+def _print_check(report: Report, fmt: str, role_wait_s: float) -> None:
     rows = []
     failed = {}
     for error in report.errors:
@@ -284,6 +293,17 @@ def _print_check(report: Report, fmt: str) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
+    if any(isinstance(error, MissingRoleError) for error in report.errors):
+        if role_wait_s:
+            print(
+                f"\nforbidden: still refused after SIDECAR_ROLE_WAIT={role_wait_s:g}: the role is missing, or on "
+                "another scope than the one named (each failure's fix is in the log)."
+            )
+        else:
+            print(
+                "\nforbidden: a role assigned in the last minutes may still be propagating; SIDECAR_ROLE_WAIT=600 "
+                "(with SIDECAR_TIMEOUT above it) makes exec wait for it (each failure's fix is in the log)."
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -292,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, _on_signal)
     try:
-        settings = load_settings()  # the log settings it validates are the ones configured above
+        settings = _settings()  # the log settings it validates are the ones configured above
         log.info("start", command=args.command, version=__version__, pid=os.getpid())
         for name in unknown_settings(os.environ):
             log.warning(
@@ -316,6 +336,21 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _exit(internal.exit_code)
 
 
+def _settings() -> Settings:
+    """The settings; when one is wrong, exit with it and every malformed reference (found without a fetch)."""
+    try:
+        return load_settings()
+    except ConfigurationError as error:
+        from sidecar.pipeline import Report, log_report
+        from sidecar.references import parse_environment
+
+        literal, platform_form = parsing_settings(os.environ)
+        _, malformed = parse_environment(os.environ, literal=literal, platform_form=platform_form)
+        errors = [error, *malformed]
+        log_report(Report(errors=errors))
+        _fail(errors)
+
+
 def _delivery(settings: Settings, **render: Any) -> Delivery:
     from sidecar.delivery import Delivery
 
@@ -327,7 +362,7 @@ def _check(settings: Settings, fmt: str) -> NoReturn:
 
     report = resolve_environment(os.environ, settings, _delivery(settings, create=False))
     log_report(report)
-    _print_check(report, fmt)
+    _print_check(report, fmt, settings.role_wait_s)
     _exit(exit_code_for(report.errors))
 
 

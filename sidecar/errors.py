@@ -98,6 +98,13 @@ class PermissionDeniedError(SidecarError):
     status = "forbidden"
 
 
+class MissingRoleError(PermissionDeniedError):
+    """A 403 that a role assignment fixes: the role is missing, not yet propagated, or on another scope.
+
+    The one refusal SIDECAR_ROLE_WAIT retries (sidecar.resolve): a new role assignment takes minutes to apply.
+    """
+
+
 class ConfigurationError(SidecarError):
     """The sidecar's own settings are wrong or missing."""
 

@@ -35,15 +35,19 @@ class Report:
     carried: Carried | None = None  # for the next round of a long-running sidecar
 
 
-def _workspace_errors(variables: list[Variable], settings: Settings) -> list[SidecarError]:
-    if not isinstance(settings.workspace, SidecarError):
-        return []
-    return [
-        settings.workspace.for_variable(variable.name, str(reference))
-        for variable in variables
-        for reference in variable.references
-        if isinstance(reference, ConnectionReference)
-    ]
+def _setting_errors(variables: list[Variable], settings: Settings) -> list[SidecarError]:
+    """A setting that references need and that is wrong: an error for each variable with such a reference."""
+    errors = []
+    for variable in variables:
+        if isinstance(settings.ca_bundle, SidecarError) and variable.references:
+            errors.append(settings.ca_bundle.for_variable(variable.name))
+        if isinstance(settings.workspace, SidecarError):
+            errors += [
+                settings.workspace.for_variable(variable.name, str(reference))
+                for reference in variable.references
+                if isinstance(reference, ConnectionReference)
+            ]
+    return errors
 
 
 @dataclass
@@ -68,22 +72,27 @@ def prepare_variables(
     """Everything before a fetch: parse the references, check the settings they need, check every name
     that becomes a path or a shell line and open the directories values go to (`delivery.prepare`).
     Imports no SDK.
+
+    Returns the variables to fetch, those without an error, and every error, each naming its variable:
+    one malformed reference does not keep the others from being fetched, so one run reports every problem.
     """
-    variables, errors = parse_environment(env, literal=settings.literal_variables)
-    errors += _workspace_errors(variables, settings)
+    variables, errors = parse_environment(
+        env, literal=settings.literal_variables, platform_form=settings.platform_form == "resolve"
+    )
+    errors += _setting_errors(variables, settings)
     errors += delivery.prepare(variables)
-    return variables, errors
+    failed = {error.variable for error in errors}
+    return [variable for variable in variables if variable.name not in failed], errors
 
 
 def resolve_environment(env: Mapping[str, str], settings: Settings, delivery: Delivery) -> Report:
-    """Resolve every reference in `env`. Fails closed: any error leaves no value for that variable.
-
-    Nothing is fetched, and no token requested, while a reference or a setting it needs is wrong.
+    """Resolve every reference in `env`, and report every failure. Fails closed: any error leaves no value
+    for that variable, and a caller starts nothing while the report has an error.
     """
     variables, errors = prepare_variables(env, settings, delivery)
-    if errors:
-        return Report(errors=errors)
-    return fetch_values(variables, env, settings, delivery)
+    report = fetch_values(variables, env, settings, delivery)
+    report.errors = errors + report.errors
+    return report
 
 
 def fetch_values(
@@ -103,9 +112,6 @@ def fetch_values(
     if not any(variable.references for variable in variables):
         report.resolutions = [Resolution(variable, value="".join(variable.parts)) for variable in variables]  # type: ignore[arg-type]
         return report
-    ca_bundle = settings.ca_bundle
-    if isinstance(ca_bundle, SidecarError):
-        raise ca_bundle
 
     from sidecar.environment import resolve_variables
     from sidecar.identity import ManagedIdentity
@@ -114,7 +120,7 @@ def fetch_values(
     from sidecar.session import new_session
 
     carried = carried or Carried()
-    deadline = Deadline(settings.timeout_s)
+    deadline = Deadline(settings.timeout_s, role_wait=None if carried.rounds else settings.role_wait_s)
     identity = ManagedIdentity(settings, env, tokens=carried.tokens)
     (log.debug if carried.rounds else log.info)(
         "identity",
@@ -124,7 +130,8 @@ def fetch_values(
         client_id_source=identity.client_id_source,
     )
     session = new_session(list(settings.connect_to), pool_maxsize=settings.max_concurrency, announce=not carried.rounds)
-    verify: str | bool = ca_bundle or True
+    assert not isinstance(settings.ca_bundle, SidecarError), "prepare_variables reports it"
+    verify: str | bool = settings.ca_bundle or True
     kinds = {reference.store for variable in variables for reference in variable.references}
     stores = {}
     if KeyVaultReference.store in kinds:
@@ -173,6 +180,7 @@ def fetch_values(
 
 def log_report(report: Report) -> None:
     """One event per variable, then a summary; never a value."""
+    failed = {error.variable for error in report.errors}
     for resolution in report.resolutions:
         variable = resolution.variable
         for warning in resolution.warnings:
@@ -202,8 +210,8 @@ def log_report(report: Report) -> None:
         )
     log.info(
         "summary",
-        variables=len(report.resolutions) or len({error.variable for error in report.errors}),
-        failed=len({error.variable for error in report.errors}),
+        variables=len({resolution.variable.name for resolution in report.resolutions} | failed),
+        failed=len(failed),
         fetches=report.fetches,
         token_requests=report.token_requests,
         ms=round(report.ms, 1),

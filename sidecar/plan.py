@@ -17,6 +17,7 @@ class Plan:
     stores: Mapping[str, Store]
     # Every distinct fetch, in first-use order, per store kind and then per location (vault, connection).
     fetches: dict[str, dict[str, list[Hashable]]] = field(default_factory=dict)
+    users: dict[FetchId, list[str]] = field(default_factory=dict)  # the variables each fetch is for
 
     def fetch_id(self, reference: Reference) -> FetchId:
         return (reference.store, self.stores[reference.store].key(reference))
@@ -39,6 +40,7 @@ def make_plan(variables: list[Variable], stores: Mapping[str, Store], known: Col
     for variable in variables:
         for reference in variable.references:
             fetch_id = plan.fetch_id(reference)
+            plan.users.setdefault(fetch_id, []).append(variable.name)
             if fetch_id in seen:
                 continue
             seen.add(fetch_id)

@@ -213,9 +213,14 @@ class Variable:
         return tuple(part for part in self.parts if not isinstance(part, str))
 
 
+def is_deferred(value: str) -> bool:
+    """Whether the value is (or is meant to be) a deferred reference: the whole value, without ${{ }}."""
+    return value.startswith(KEYVAULT_SCHEME) or value.startswith(CONNECTION_PREFIX)
+
+
 def is_reference_candidate(value: str) -> bool:
     """Cheap test: could this value hold a reference (or an escape) at all?"""
-    return OPEN in value or value.startswith(KEYVAULT_SCHEME) or value.startswith(CONNECTION_PREFIX)
+    return OPEN in value or is_deferred(value)
 
 
 def parse_keyvault(uri: str) -> KeyVaultReference:
@@ -336,9 +341,13 @@ def parse_deferred(value: str) -> Reference:
         raise
 
 
-def parse_variable(name: str, value: str) -> Variable | None:
-    """The variable's parts, or None when the value holds no reference and no escape."""
-    if value.startswith(KEYVAULT_SCHEME) or value.startswith(CONNECTION_PREFIX):
+def parse_variable(name: str, value: str, *, platform_form: bool = True) -> Variable | None:
+    """The variable's parts, or None when the value holds no reference and no escape.
+
+    Without `platform_form` (SIDECAR_PLATFORM_FORM=pass) a `${{` is never parsed: the platform has
+    already replaced every reference in that form with its secret, which may itself contain `${{`.
+    """
+    if is_deferred(value):
         reference = parse_deferred(value)
         if reference.options.file and reference.options.file_name is None and not FILE_NAME.fullmatch(name):
             raise MalformedReferenceError(
@@ -348,15 +357,31 @@ def parse_variable(name: str, value: str) -> Variable | None:
                 fix="name the file: file=NAME.",
             )
         return Variable(name, "deferred", (reference,))
-    if OPEN not in value:
+    if not platform_form or OPEN not in value:
         return None
     return Variable(name, "platform", parse_platform_value(value))
 
 
+def _unquoted(error: SidecarError, name: str) -> SidecarError:
+    """A deferred-form failure that does not quote the value: where the platform resolves references, a value
+    that starts like a reference may be a secret it put there."""
+    return type(error)(
+        f"the value starts with '{KEYVAULT_SCHEME}' or '{CONNECTION_PREFIX}' but is not a valid deferred reference. "
+        "It is not shown: with SIDECAR_PLATFORM_FORM=pass it may be a secret the platform resolved.",
+        variable=name,
+        fix=f"if the platform resolved {name} (its deployment value is ${{{{...}}}}), list {name} in SIDECAR_LITERAL; "
+        "otherwise run `sidecar check` on the reference where it is not a secret (e.g. locally) to see what is "
+        "wrong with it.",
+    )
+
+
 def parse_environment(
-    env: Mapping[str, str], *, literal: Iterable[str] = (), skip_prefix: str = "SIDECAR_"
+    env: Mapping[str, str], *, literal: Iterable[str] = (), platform_form: bool = True, skip_prefix: str = "SIDECAR_"
 ) -> tuple[list[Variable], list[SidecarError]]:
-    """Every variable to rewrite, and every malformed one (each error names its variable)."""
+    """Every variable to rewrite, and every malformed one (each error names its variable).
+
+    `platform_form`: whether `${{...}}` is the sidecar's to resolve (see `parse_variable`).
+    """
     literal = frozenset(literal)
     variables: list[Variable] = []
     errors: list[SidecarError] = []
@@ -364,11 +389,18 @@ def parse_environment(
         if name in literal or name.startswith(skip_prefix):
             continue
         try:
-            variable = parse_variable(name, env[name])
+            variable = parse_variable(name, env[name], platform_form=platform_form)
         except SidecarError as error:
+            if not platform_form:
+                error = _unquoted(error, name)
             error.variable = name
             if not error.fix and isinstance(error, MalformedReferenceError):
                 error.fix = f"correct the reference, or list {name} in SIDECAR_LITERAL to pass the value on as it is."
+                if not is_deferred(env[name]):
+                    error.fix += (
+                        " Where the platform has already resolved ${{...}} (a managed online endpoint), the value "
+                        "may be a secret it put there: set SIDECAR_PLATFORM_FORM=pass."
+                    )
             errors.append(error)
             continue
         if variable is not None:

@@ -165,21 +165,18 @@ class Refresher:
 
     def _resolve_first(self) -> Report | int:
         """The first resolution, or the exit code: what exec would exit with, or 128+N for a signal."""
-        variables, errors = prepare_variables(self._env, self._settings, self._delivery)
-        report = Report(errors=errors)
-        if not errors:
-            self._variables = variables
-            self._start_round()
-            while self._exit is None and self._first is None:
-                self._wait()
-            if self._exit is not None:
-                return self._exit
-            result, self._first = self._first, None
-            if isinstance(result, SidecarError):
-                raise result
-            assert result is not None
-            report = result
-            self._accept(report)
+        self._variables, errors = prepare_variables(self._env, self._settings, self._delivery)
+        self._start_round()  # as exec: the well-formed references are fetched whatever else failed
+        while self._exit is None and self._first is None:
+            self._wait()
+        if self._exit is not None:
+            return self._exit
+        report, self._first = self._first, None
+        if isinstance(report, SidecarError):
+            raise report
+        assert report is not None
+        self._accept(report)
+        report.errors = errors + report.errors
         log_report(report)
         if report.errors:
             code = exit_code_for(report.errors)

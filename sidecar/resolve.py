@@ -21,7 +21,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,11 +30,10 @@ import structlog
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
     wait_random_exponential,
 )
 
-from sidecar.errors import SidecarError, UnavailableError
+from sidecar.errors import MissingRoleError, SidecarError, UnavailableError
 from sidecar.plan import FetchId, Plan
 from sidecar.stores.base import Fetched, Store, TransientError
 
@@ -45,15 +44,38 @@ log = structlog.get_logger("sidecar.resolve")
 
 BACKOFF_MULTIPLIER_S = 0.5
 BACKOFF_MAX_S = 16.0
+# Waiting for a role assignment: backoff with full jitter from 0.5 s, doubling up to 15 s (propagation takes
+# minutes, so a request every 15 s or so costs nothing and starts the server soon after the role applies).
+ROLE_WAIT_BACKOFF_S = 0.5
+ROLE_WAIT_BACKOFF_MAX_S = 15.0
+ROLE_WAIT_RESERVE_S = 5.0  # the role wait ends this long before the deadline (at most a quarter of it)
 
 
 class Deadline:
-    def __init__(self, seconds: float) -> None:
+    """The one deadline of a resolution, and the part of it a role assignment may be waited for.
+
+    `role_wait`: SIDECAR_ROLE_WAIT, from the start; None where waiting does not apply (a refresh round,
+    which the next round retries anyway). The wait ends a little before the deadline, so that the last
+    attempt's refusal (77) is what is reported, not the deadline (69).
+    """
+
+    def __init__(self, seconds: float, role_wait: float | None = None) -> None:
         self.seconds = seconds
-        self._end = time.monotonic() + seconds
+        self.role_wait = role_wait
+        self._start = time.monotonic()
+        self._end = self._start + seconds
+        reserve_end = self._end - min(ROLE_WAIT_RESERVE_S, seconds / 4)
+        self._role_end = min(self._start + (role_wait or 0.0), reserve_end)
+        self.role_wait_cut = self._start + (role_wait or 0.0) > reserve_end  # the deadline ends the wait
 
     def remaining(self) -> float:
         return max(0.0, self._end - time.monotonic())
+
+    def role_wait_remaining(self) -> float:
+        return max(0.0, self._role_end - time.monotonic())
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._start
 
 
 @dataclass
@@ -154,15 +176,57 @@ class Pacer:
             self._changed.notify_all()
 
 
-def fetch_with_retries(store: Store, key: Hashable, deadline: Deadline, max_attempts: int, pacer: Pacer) -> Outcome:
+def _role_wait_note(error: MissingRoleError, deadline: Deadline, waited: bool) -> None:
+    """Say what waiting did, or that it might help."""
+    if deadline.role_wait is None:
+        return
+    if waited:
+        cut = f" (the deadline, SIDECAR_TIMEOUT={deadline.seconds:g}, ended it first)" if deadline.role_wait_cut else ""
+        error.message += (
+            f" Still refused after waiting {deadline.elapsed():.0f} s for a role assignment to propagate "
+            f"(SIDECAR_ROLE_WAIT={deadline.role_wait:g}){cut}."
+        )
+    elif not deadline.role_wait:
+        error.fix = (error.fix or "") + (
+            " If the role was assigned in the last minutes, it may still be propagating: SIDECAR_ROLE_WAIT=600 "
+            "(with SIDECAR_TIMEOUT above it) retries until it applies."
+        )
+
+
+def fetch_with_retries(
+    store: Store,
+    key: Hashable,
+    deadline: Deadline,
+    max_attempts: int,
+    pacer: Pacer,
+    waiting_for_role: Callable[[MissingRoleError], None] = lambda error: None,
+) -> Outcome:
+    """One fetch to its end: retried while transient, and while refused for a role within SIDECAR_ROLE_WAIT."""
     outcome = Outcome()
     start = time.monotonic()
     failures = 0  # transient failures other than 429: those count against max_attempts
+    denials = 0  # refusals waited out for a role assignment: those are bounded by the role wait
+
+    def retry(state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, MissingRoleError) and deadline.role_wait_remaining() > 0:
+            if denials == 1:
+                waiting_for_role(error)
+            return True
+        return isinstance(error, TransientError)
+
+    def wait(state: RetryCallState) -> float:
+        if isinstance(state.outcome.exception() if state.outcome else None, MissingRoleError):
+            backoff = min(ROLE_WAIT_BACKOFF_MAX_S, ROLE_WAIT_BACKOFF_S * 2 ** (denials - 1))
+            return min(random.uniform(0, backoff), deadline.role_wait_remaining())
+        return _wait(state)
 
     def give_up(state: RetryCallState) -> bool:
+        if isinstance(state.outcome.exception() if state.outcome else None, MissingRoleError):
+            return False  # `retry` ends the wait when the role wait is over
         return failures >= max_attempts or (state.upcoming_sleep or 0) >= deadline.remaining()
 
-    retrying = Retrying(stop=give_up, wait=_wait, retry=retry_if_exception_type(TransientError), reraise=True)
+    retrying = Retrying(stop=give_up, wait=wait, retry=retry, reraise=True)
     try:
         for attempt in retrying:
             with attempt:
@@ -177,6 +241,8 @@ def fetch_with_retries(store: Store, key: Hashable, deadline: Deadline, max_atte
                     error = exc
                     if isinstance(exc, TransientError) and exc.status != 429:
                         failures += 1
+                    if isinstance(exc, MissingRoleError):
+                        denials += 1
                     raise
                 finally:
                     pacer.release(sent, error)
@@ -185,6 +251,8 @@ def fetch_with_retries(store: Store, key: Hashable, deadline: Deadline, max_atte
         exc.error.fix = exc.error.fix or "check the store's health and the network, or raise SIDECAR_TIMEOUT."
         outcome.error = exc.error
     except SidecarError as exc:
+        if isinstance(exc, MissingRoleError):
+            _role_wait_note(exc, deadline, waited=denials > 1)
         outcome.error = exc
     except Exception as exc:
         # A failure the store did not anticipate (a bug, an answer of a shape nobody expected) must still end
@@ -210,10 +278,27 @@ def fetch_all(
 
     pacers = {(kind, location): Pacer(max_concurrency) for kind, groups in plan.fetches.items() for location in groups}
 
+    announced: set[str] = set()  # variables already logged as waiting for a role assignment
+
+    def waiting_for_role(fetch_id: FetchId, error: MissingRoleError) -> None:
+        with lock:
+            names = [name for name in plan.users[fetch_id] if name not in announced]
+            announced.update(names)
+        for name in names:
+            log.warning(
+                "waiting for a role assignment to propagate",
+                variable=name,
+                error=error.message,
+                role_wait_s=deadline.role_wait,
+                fix=error.fix,
+            )
+
     def run(kind: str, key: Hashable) -> None:
         store = plan.stores[kind]
         pacer = pacers[(kind, store.location(key))]
-        outcome = fetch_with_retries(store, key, deadline, max_attempts, pacer)
+        outcome = fetch_with_retries(
+            store, key, deadline, max_attempts, pacer, lambda error: waiting_for_role((kind, key), error)
+        )
         with lock:
             outcomes[(kind, key)] = outcome
             if len(outcomes) == total:

@@ -48,6 +48,8 @@ ON_CHANGE = ("auto", "restart", "signal", "none")  # the first is the default
 STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL")
 # Signals a server may take as "reload": never one that stops a process by convention.
 RELOAD_SIGNALS = ("HUP", "USR1", "USR2")
+# resolve: the sidecar resolves ${{...}}; pass: the platform already did (a managed online endpoint)
+PLATFORM_FORMS = ("resolve", "pass")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("info", "debug", "warning", "error")  # the first is the default
 
@@ -72,6 +74,8 @@ class Settings:
     arm_endpoint: str
     workspace: Workspace | ConfigurationError  # the error when missing or invalid: only connections need it
     literal_variables: frozenset[str]
+    platform_form: str  # resolve | pass (see PLATFORM_FORMS)
+    role_wait_s: float  # how long a 403 that a role assignment fixes is retried (0: not at all)
     ca_bundle: str | ConfigurationError | None  # None: the system's trust
     files_dir: Path
     files_allow_disk: bool
@@ -79,16 +83,24 @@ class Settings:
 
 
 def _number(
-    env: Mapping[str, str], name: str, default: float, maximum: float, *, integer: bool, minimum: float = 0.0
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    maximum: float,
+    *,
+    integer: bool,
+    minimum: float = 0.0,
+    zero: bool = False,
 ) -> float:
-    """A plain decimal number in (0, maximum] (or [minimum, maximum]): no sign, exponent, inf or nan."""
+    """A plain decimal number in (0, maximum] (or [minimum, maximum], or with `zero` [0, maximum]): no sign,
+    exponent, inf or nan."""
     text = env.get(name, "").strip()
     if not text:
         return default
     pattern, kind = (_WHOLE, "a whole number") if integer else (_SECONDS, "a number of seconds")
     value = float(text) if pattern.fullmatch(text) else -1.0
-    if not (minimum <= value <= maximum and value > 0):
-        lowest = f"at least {minimum:g}" if minimum else "above 0"
+    if not (minimum <= value <= maximum and (value > 0 or (zero and value == 0))):
+        lowest = f"at least {minimum:g}" if minimum or zero else "above 0"
         raise ConfigurationError(
             f"{name}={text!r} is not {kind} {lowest} and at most {maximum:g}.", fix=f"set {name} to e.g. {default:g}."
         )
@@ -265,6 +277,8 @@ KNOWN_SETTINGS = frozenset(
         "SIDECAR_CONNECT_TO",
         "SIDECAR_ARM_ENDPOINT",
         "SIDECAR_LITERAL",
+        "SIDECAR_PLATFORM_FORM",
+        "SIDECAR_ROLE_WAIT",
         "SIDECAR_FILES_DIR",
         "SIDECAR_FILES_ALLOW_DISK",
         "SIDECAR_FILES_OWNER",
@@ -291,6 +305,16 @@ def log_settings(env: Mapping[str, str]) -> tuple[str, str]:
     return (fmt if fmt in LOG_FORMATS else LOG_FORMATS[0], level if level in LOG_LEVELS else LOG_LEVELS[0])
 
 
+def _literal_variables(env: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(name.strip() for name in env.get("SIDECAR_LITERAL", "").split(",") if name.strip())
+
+
+def parsing_settings(env: Mapping[str, str]) -> tuple[frozenset[str], bool]:
+    """What parsing the references needs (SIDECAR_LITERAL, whether SIDECAR_PLATFORM_FORM is resolve), read
+    without failing: the malformed references are reported even when another setting is wrong."""
+    return _literal_variables(env), env.get("SIDECAR_PLATFORM_FORM", "").strip().lower() != "pass"
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise ConfigurationError naming the variable and the fix."""
     env = os.environ if env is None else env
@@ -308,7 +332,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         connect_to=tuple(parse_connect_to(env.get("SIDECAR_CONNECT_TO", ""))),
         arm_endpoint=_arm_endpoint(env),
         workspace=_workspace(env),
-        literal_variables=frozenset(name.strip() for name in env.get("SIDECAR_LITERAL", "").split(",") if name.strip()),
+        literal_variables=_literal_variables(env),
+        platform_form=_choice(env, "SIDECAR_PLATFORM_FORM", PLATFORM_FORMS),
+        role_wait_s=_number(env, "SIDECAR_ROLE_WAIT", 0.0, MAX_TIMEOUT_S, integer=False, zero=True),
         ca_bundle=_ca_bundle(env),
         files_dir=_files_dir(env),
         files_allow_disk=env.get("SIDECAR_FILES_ALLOW_DISK", "").strip().lower() in TRUE_WORDS,

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import requests
 
 from sidecar.clouds import cloud_for_arm_host
-from sidecar.errors import NotFoundError, PermissionDeniedError, SidecarError, UnavailableError
+from sidecar.errors import MissingRoleError, NotFoundError, PermissionDeniedError, SidecarError, UnavailableError
 from sidecar.identity import ManagedIdentity
 from sidecar.logs import redactor
 from sidecar.references import ConnectionReference
@@ -36,13 +36,16 @@ SECRETS_READER_ROLE = "Azure Machine Learning Workspace Connection Secrets Reade
 MAX_JSON_DEPTH = 32
 
 
-def _arm_error(response: requests.Response) -> str:
+def _arm_error(response: requests.Response) -> tuple[str, str]:
+    """(code, message) of an ARM or Azure ML error answer: `code[/innerError code]`, and the message, shortened."""
     try:
         body = response.json().get("error", {})
+        inner = body.get("innerError") or {}
+        inner_code = inner.get("code") if isinstance(inner, dict) else None
+        code = str(body.get("code", "")) + (f"/{inner_code}" if inner_code else "")
     except (ValueError, AttributeError):
-        return f"HTTP {response.status_code}"
-    message = " ".join(str(body.get("message", "")).split())[:300]
-    return f"HTTP {response.status_code} {body.get('code', '')}" + (f": {message}" if message else "")
+        return "", ""
+    return code, " ".join(str(body.get("message", "")).split())[:300]
 
 
 def _depth(value: object) -> int:
@@ -98,11 +101,12 @@ class ConnectionStore(Store):
         self._arm_endpoint = arm_endpoint
         self._scope = cloud_for_arm_host(arm_endpoint.removeprefix("https://")).arm_resource + ".default"
         self._workspace = workspace
-        self._workspace_url = (
-            f"{arm_endpoint}/subscriptions/{quote(workspace.subscription)}"
+        self._scope_path = (
+            f"/subscriptions/{quote(workspace.subscription)}"
             f"/resourceGroups/{quote(workspace.resource_group)}"
             f"/providers/Microsoft.MachineLearningServices/workspaces/{quote(workspace.name)}"
         )
+        self._workspace_url = arm_endpoint + self._scope_path
 
     def key(self, reference: ConnectionReference) -> str:  # type: ignore[override]
         return reference.connection
@@ -146,25 +150,45 @@ class ConnectionStore(Store):
         raise self._failure(response, where)
 
     def _failure(self, response: requests.Response, where: str) -> SidecarError | TransientError:
-        said = _arm_error(response)
+        code, message = _arm_error(response)
+        said = f"HTTP {response.status_code} {code}" + (f": {message}" if message else "")
         identity = self._identity.description
         status = response.status_code
         if status == 404:
             return NotFoundError(
                 f"{where}: not found ({said}).",
-                fix="check the connection name and AZUREML_ARM_SUBSCRIPTION / AZUREML_ARM_RESOURCEGROUP / "
-                "AZUREML_ARM_WORKSPACE_NAME.",
+                fix="check the connection's name in the workspace; if the workspace itself is wrong, check "
+                f"{self._settings_named()}.",
             )
-        if status in (401, 403):
+        if status == 403:
+            # ARM answers 403 AuthorizationFailed for any scope the identity has no role on, existing or
+            # not: a mistyped workspace or resource group looks exactly like a missing role.
+            return MissingRoleError(
+                f"{where}: ARM refused {identity} the List Secrets action on workspace scope {self._scope_path} "
+                f"(HTTP 403 {code or 'no error code'}). ARM answers so when the identity has no role on that "
+                "workspace, and also when no workspace exists at that scope (a wrong subscription, resource group "
+                "or workspace name).",
+                fix=f"check that {self._settings_named()} name the workspace that holds the connection; if they do, "
+                f"assign the role '{SECRETS_READER_ROLE}' on that workspace to {identity}.",
+            )
+        if status == 401:
             return PermissionDeniedError(
-                f"{where}: access denied to {identity} ({said}).",
-                fix=f"assign the role '{SECRETS_READER_ROLE}' on the workspace to {identity}.",
+                f"{where}: ARM refused the token of {identity} ({said}).",
+                fix="check that the identity belongs to the tenant of subscription "
+                f"{self._workspace.subscription} and that SIDECAR_ARM_ENDPOINT is that cloud's.",
             )
         if status in RETRYABLE_STATUSES:
             return TransientError(
                 UnavailableError(f"{where}: {said}."), retry_after_seconds(response.headers), status=status
             )
         return UnavailableError(f"{where}: unexpected answer {said}.", fix="see ARM's message above.")
+
+    def _settings_named(self) -> str:
+        workspace = self._workspace
+        return (
+            f"AZUREML_ARM_SUBSCRIPTION={workspace.subscription}, AZUREML_ARM_RESOURCEGROUP={workspace.resource_group} "
+            f"and AZUREML_ARM_WORKSPACE_NAME={workspace.name}"
+        )
 
     def extract(self, reference: ConnectionReference, fetched: Fetched) -> str:  # type: ignore[override]
         connection = fetched.value

@@ -41,6 +41,7 @@ except ImportError:  # another SDK version
 from sidecar.clouds import cloud_for_vault_host
 from sidecar.errors import (
     ConfigurationError,
+    MissingRoleError,
     NotFoundError,
     PermissionDeniedError,
     SidecarError,
@@ -213,7 +214,10 @@ class KeyVaultStore(Store):
                 f"{where}: the secret is disabled ({said}).", fix="enable that secret version."
             )
         if status in (401, 403):
-            return PermissionDeniedError(
+            # 403: the vault took the token and refused the identity, which a role assignment fixes
+            # (or will, once a new one has propagated); 401: it refused the token itself.
+            error_class = MissingRoleError if status == 403 else PermissionDeniedError
+            return error_class(
                 f"{where}: access denied to {identity} ({said}).",
                 fix=f"assign the role '{SECRETS_USER_ROLE}' on the vault to {identity} "
                 "(or grant it 'get' in the vault's access policies).",

@@ -39,6 +39,26 @@ def test_default_fixture_builds(raw):
             lambda r: r["workspaces"]["ws-main"]["connections"]["custom-conn"]["credentials"].pop("keys"),
             "CustomKeys connection needs a mapping of keys",
         ),
+        (
+            lambda r: r["workspaces"]["ws-main"]["connections"]["aad-conn"].update(credentials={"key": "fake-x"}),
+            r"aad-conn\.credentials: authType AAD has no credentials",
+        ),
+        (
+            lambda r: r["workspaces"]["ws-main"]["connections"]["none-conn"].update(credentials={"pat": "fake-x"}),
+            r"none-conn\.credentials: authType None has no credentials",
+        ),
+        (
+            lambda r: r["workspaces"]["ws-main"]["connections"]["sp-conn"]["credentials"].update(secret="fake-x"),
+            r"sp-conn\.credentials: \['secret'\] not in the ServicePrincipal credentials model",
+        ),
+        (
+            lambda r: r["workspaces"]["ws-main"]["connections"]["userpass-conn"]["credentials"].update(token="x"),
+            r"\['token'\] not in the UsernamePassword credentials model; allowed: \['password', 'securityToken'",
+        ),
+        (
+            lambda r: r["workspaces"]["ws-main"]["connections"]["sas-conn"]["credentials"].update(sas=1),
+            r"sas-conn\.credentials\.sas: must be a string",
+        ),
         (lambda r: r["faults"].append({"kind": "imds"}), r"faults\[0\]: a fault needs"),
         (lambda r: r.update(throttle={"limit": 0}), "throttle: limit must be a positive integer"),
         (lambda r: r.update(surprise=1), r"unknown keys \['surprise'\]"),
@@ -67,6 +87,11 @@ def test_secret_values_covers_secrets_credentials_keys_and_msi_secret():
         "fake-userpass-pw",
         "fake-locked-key",
         "fake-msi-secret-for-emulator",
+        "fake-sp-client-secret",
+        "fake-sas-token",
+        "fake-pat-token",
+        "fake-account-key",
+        "fake-secret-access-key",
     }
     assert expected <= values
     assert "https://contoso-aoai.openai.azure.com/" not in values  # targets are not secret
@@ -88,3 +113,32 @@ def test_merge_adds_to_mappings_and_replaces_lists(raw):
     assert user.vaults == {"restricted-kv"}
     assert user.workspaces == {"ws-main"}  # the other role is untouched
     assert raw["identities"]["user"]["roles"]["Key Vault Secrets User"] == ["contoso-kv"]  # no aliasing
+
+
+def test_new_auth_type_connections_have_the_rest_model_shape(raw):
+    connections = build(raw).workspaces["ws-main"].connections
+    expected = {
+        "sp-conn": ("ServicePrincipal", {"clientId", "clientSecret", "tenantId"}),
+        "sas-conn": ("SAS", {"sas"}),
+        "pat-conn": ("PAT", {"pat"}),
+        "accountkey-conn": ("AccountKey", {"key"}),
+        "accesskey-conn": ("AccessKey", {"accessKeyId", "secretAccessKey"}),
+        "mi-conn": ("ManagedIdentity", {"clientId", "resourceId"}),
+    }
+    for name, (auth_type, fields) in expected.items():
+        properties = connections[name].properties
+        assert properties["authType"] == auth_type
+        assert set(properties["credentials"]) == fields
+        assert all(value.startswith("fake-") for value in properties["credentials"].values())
+    for name, auth_type in (("aad-conn", "AAD"), ("none-conn", "None")):
+        assert connections[name].properties["authType"] == auth_type
+        assert "credentials" not in connections[name].properties
+    assert set(connections["userpass-conn"].properties["credentials"]) == {"username", "password"}
+
+
+def test_an_empty_credentials_mapping_is_allowed_for_none_and_aad(raw):
+    raw["workspaces"]["ws-main"]["connections"]["aad-conn"]["credentials"] = {}
+    raw["workspaces"]["ws-main"]["connections"]["none-conn"]["credentials"] = None
+    connections = build(raw).workspaces["ws-main"].connections
+    assert "credentials" not in connections["aad-conn"].properties
+    assert "credentials" not in connections["none-conn"].properties

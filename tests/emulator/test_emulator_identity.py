@@ -78,18 +78,26 @@ def test_imds_unknown_client_id_is_400_invalid_request(emulator):
     assert response.json() == {"error": "invalid_request", "error_description": "Identity not found"}
 
 
-def test_azure_ml_endpoint_answers_an_integer_expires_on(emulator):
+def test_azure_ml_endpoint_answers_exactly_the_recorded_fields(emulator):
+    # azure-sdk-assets, TestManagedIdentityCredential_AzureMLLive.json: these five fields, both times integers.
     response = aml(emulator)
     assert response.status_code == 200
     body = response.json()
-    assert isinstance(body["expires_on"], int)
+    assert set(body) == {"access_token", "expires_in", "expires_on", "resource", "token_type"}
+    assert isinstance(body["expires_on"], int) and isinstance(body["expires_in"], int)
+    assert 3590 <= body["expires_in"] <= 3600
+    assert abs(body["expires_on"] - (time.time() + body["expires_in"])) < 5
     assert body["resource"] == KV_RESOURCE
     assert body["token_type"] == "Bearer"
-    assert body["client_id"] == SYSTEM
+    assert emulator.admin.requests(kind="msi")[-1]["client_id"] == SYSTEM
 
 
 def test_azure_ml_endpoint_selects_identity_with_clientid(emulator):
-    assert aml(emulator, {"clientid": USER}).json()["client_id"] == USER
+    response = aml(emulator, {"clientid": USER})
+    assert response.status_code == 200
+    assert "client_id" not in response.json()
+    assert emulator.admin.requests(kind="msi")[-1]["client_id"] == USER
+    assert emulator.admin.counters()["token_requests"] == {USER: {KV_RESOURCE: {"200": 1}}}
     unknown = aml(emulator, {"clientid": "99999999-9999-4999-8999-999999999999"})
     assert unknown.status_code == 400
     assert unknown.json()["error"] == "invalid_request"
@@ -102,6 +110,17 @@ def test_azure_ml_endpoint_checks_the_secret_header(emulator):
         assert response.json()["error"] == "unauthorized_client"
 
 
-def test_azure_ml_endpoint_requires_api_version_2017_09_01(emulator):
-    assert aml(emulator, {"api-version": "2018-02-01"}).status_code == 400
-    assert aml(emulator, {"api-version": None}).status_code == 400
+def test_azure_ml_endpoint_accepts_a_missing_api_version(emulator):
+    # Microsoft's online-endpoint sample (azureml-examples, score_managedidentity.py) sends none.
+    for params in ({"api-version": None}, {"api-version": ""}, {"api-version": "2017-09-01"}):
+        response = aml(emulator, params)
+        assert response.status_code == 200, params
+        assert response.json()["access_token"]
+
+
+def test_azure_ml_endpoint_refuses_other_api_versions(emulator):
+    # What Azure answers is unknown; the emulator refuses so a client relying on another version shows up.
+    for version in ("2018-02-01", "2019-08-01"):
+        response = aml(emulator, {"api-version": version})
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_request"

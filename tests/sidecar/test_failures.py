@@ -7,7 +7,7 @@ import stat
 import sys
 
 import pytest
-from sidecar_helpers import NOROLES_ID, USER_ID, kv, platform
+from sidecar_helpers import NOROLES_ID, USER_ID, WORKSPACE, kv, platform
 
 
 def assert_failed(run, code: int, variable: str) -> dict:
@@ -69,9 +69,25 @@ def test_not_found_is_66(run_sidecar, value, words):
         assert word in failure["error"], f"{word!r} missing from: {failure['error']}"
 
 
-def test_unknown_workspace_is_66(run_sidecar):
-    run = run_sidecar({"K": "azureml://connections/aoai-conn/target", "AZUREML_ARM_WORKSPACE_NAME": "ws-nowhere"})
-    assert_failed(run, 66, "K")
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("AZUREML_ARM_WORKSPACE_NAME", "ws-nowhere"),
+        ("AZUREML_ARM_RESOURCEGROUP", "rg-typo"),
+        ("AZUREML_ARM_SUBSCRIPTION", "00000000-0000-4000-8000-0000000000ff"),
+    ],
+)
+def test_a_mistyped_workspace_is_77_and_names_the_settings_and_the_scope(run_sidecar, setting, value):
+    """ARM answers 403 AuthorizationFailed for a scope with no role, existing or not: both causes are named."""
+    run = run_sidecar({"K": "azureml://connections/aoai-conn/target", setting: value})
+    failure = assert_failed(run, 77, "K")
+    assert "AuthorizationFailed" in failure["error"] and "no workspace exists at that scope" in failure["error"]
+    scope = {**WORKSPACE, setting: value}
+    assert (
+        f"/subscriptions/{scope['AZUREML_ARM_SUBSCRIPTION']}/resourceGroups/{scope['AZUREML_ARM_RESOURCEGROUP']}"
+        f"/providers/Microsoft.MachineLearningServices/workspaces/{scope['AZUREML_ARM_WORKSPACE_NAME']}"
+    ) in failure["error"]
+    assert f"{setting}={value}" in failure["fix"] and "Connection Secrets Reader" in failure["fix"]
 
 
 def test_key_vault_permission_denied_is_77_and_names_role_identity_and_vault(run_sidecar):
@@ -221,11 +237,12 @@ def test_no_command_is_64(run_sidecar):
     assert run.returncode == 64, run.stderr
 
 
-def test_a_malformed_reference_wins_and_stops_before_the_network(run_sidecar, emulator):
+def test_a_malformed_reference_wins_the_exit_code_and_the_others_are_still_fetched(run_sidecar, emulator):
     run = run_sidecar({"A": kv("disabled-secret"), "B": kv("no-such-secret"), "C": "${{bad}}", "D": "${{also bad"})
     assert run.returncode == 65, run.stderr
-    assert {event["variable"] for event in run.failures()} == {"C", "D"}
-    assert emulator.admin.requests() == []
+    statuses = {event["variable"]: event["status"] for event in run.failures()}
+    assert statuses == {"A": "forbidden", "B": "not_found", "C": "malformed", "D": "malformed"}
+    assert len(emulator.admin.requests(kind="keyvault", path_contains="/secrets/")) >= 2
 
 
 def test_every_fetch_failure_is_reported_and_77_comes_before_66(run_sidecar):

@@ -2,7 +2,8 @@
 
 Tests and benchmarks use it to reset state, inject faults, tune the throttle, add fixture
 data at run time (and, for rotation tests, add secret versions, delete secrets and update
-connections), mint tokens, and read counters and the request log.
+connections), assign and remove roles (with a deterministic stand-in for propagation), mint
+tokens, and read counters and the request log.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def _route(state: State, request: Request, route: tuple[str, str], payload: Any)
             raise FixtureError("POST /admin/load takes a JSON object in fixture format")
         state.load(payload)
         return json_response(200, {"status": "loaded"})
+    if route == ("GET", "roles"):
+        return json_response(200, state.describe_roles())
+    if route == ("POST", "roles"):
+        spec = _role_spec(payload, {"identity", "role", "scope", "after_denials"})
+        assigned = state.assign_role(spec["identity"], spec["role"], spec["scope"], spec.get("after_denials", 0))
+        return json_response(200, assigned)
+    if route == ("DELETE", "roles"):
+        spec = _role_spec(payload, {"identity", "role", "scope"})
+        state.remove_role(spec["identity"], spec["role"], spec["scope"])
+        return json_response(200, {"status": "removed"})
     if route == ("POST", "tokens"):
         token, claims = state.mint(payload["client_id"].lower(), payload["audience"], int(payload["expires_in"]))
         return json_response(200, {"access_token": token, "expires_on": claims.expires_on})
@@ -101,6 +112,19 @@ def _named_route(state: State, route: tuple[str, str], payload: Any) -> Response
         state.update_connection(_name(match["workspace"]), _name(match["connection"]), payload)
         return json_response(200, {"status": "updated"})
     return None
+
+
+def _role_spec(payload: Any, allowed: set[str]) -> dict[str, Any]:
+    """A role request's JSON object: identity, role and scope required, nothing unknown."""
+    if not isinstance(payload, dict):
+        raise FixtureError(f"/admin/roles takes a JSON object with {sorted(allowed)}")
+    unknown = set(payload) - allowed
+    if unknown:
+        raise FixtureError(f"/admin/roles: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    missing = {"identity", "role", "scope"} - set(payload)
+    if missing:
+        raise FixtureError(f"/admin/roles: missing {sorted(missing)}")
+    return payload
 
 
 def _name(segment: str) -> str:
@@ -182,6 +206,26 @@ class AdminClient:
     def update_connection(self, workspace: str, connection: str, fields: dict[str, Any]) -> None:
         """Replace a connection's fields (fixture format) one by one; `credentials` is replaced whole."""
         self._call("PATCH", f"workspaces/{_quote(workspace)}/connections/{_quote(connection)}", fields)
+
+    def assign_role(self, identity: str, role: str, scope: str, after_denials: int = 0) -> dict[str, Any]:
+        """Assign role ("Key Vault Secrets User" on a vault, "Azure Machine Learning Workspace Connection
+        Secrets Reader" on a workspace; names as in the fixture) to identity (a client id or fixture name).
+
+        It takes effect once after_denials requests by the identity to that scope have been denied (the
+        emulator's stand-in for propagation); until then they get the 403 a missing role gets. Returns
+        {"identity", "client_id", "role", "scope", "after_denials"}.
+        """
+        spec = {"identity": identity, "role": role, "scope": scope, "after_denials": after_denials}
+        return self._call("POST", "roles", spec)
+
+    def remove_role(self, identity: str, role: str, scope: str) -> None:
+        """Remove a role assignment, run-time or the fixture's; requests are denied from the next one."""
+        self._call("DELETE", "roles", {"identity": identity, "role": role, "scope": scope})
+
+    def roles(self) -> list[dict[str, Any]]:
+        """Run-time role changes: {"identity", "client_id", "role", "scope", "state", "pending_denials"},
+        state "pending", "active" or "removed"."""
+        return self._call("GET", "roles")
 
     def mint_token(self, client_id: str, audience: str, expires_in: int) -> str:
         """A token as the emulator would issue it; a negative expires_in gives an expired one."""

@@ -3,9 +3,11 @@
 `POST https://<arm host>/subscriptions/{sub}/resourceGroups/{rg}/providers/
 Microsoft.MachineLearningServices/workspaces/{ws}/connections/{conn}/listsecrets?api-version=...`
 
-Order of checks: token, api-version, subscription/resource group/workspace, RBAC, connection.
-(Real ARM may answer 403 rather than 404 for a scope the caller cannot read; the emulator says
-404 for an unknown workspace so a misconfigured name is easy to tell from a missing role.)
+Order of checks: token, api-version, RBAC on the workspace, connection. ARM answers a scope the
+caller holds no role on with 403 AuthorizationFailed whether the scope exists or not, so an
+unknown subscription, resource group or workspace gets the same 403 as a missing role. A missing
+connection in a workspace the caller may read is answered by the Azure ML service itself (past
+ARM), in its own error shape (UserError / innerError NotFoundError).
 """
 
 from __future__ import annotations
@@ -69,53 +71,48 @@ def handle(state: State, request: Request) -> Response:
         )
 
     workspace = _workspace(state, cloud, match["sub"], match["rg"], match["ws"])
-    if isinstance(workspace, Response):
-        workspace.facts.update(facts)
-        return workspace
-    facts["workspace"] = workspace.name
-    scope = f"{workspace.arm_id}/connections/{match['conn']}"
-    identity = state.fixture.identities.get(claims.client_id)
-    if identity is None or workspace.name not in identity.workspaces:
+    if workspace is not None:
+        facts["workspace"] = workspace.name
+    if workspace is None or not state.has_role(claims.client_id, ROLE_CONNECTION_READER, workspace.name):
+        # The scope exactly as the request named it (ARM's message echoes it).
+        scope = (
+            f"/subscriptions/{match['sub']}/resourceGroups/{match['rg']}/providers/"
+            f"Microsoft.MachineLearningServices/workspaces/{match['ws']}/connections/{match['conn']}"
+        )
         return azure_error(
             403,
             "AuthorizationFailed",
             f"The client '{claims.client_id}' with object id '{claims.client_id}' does not have authorization "
             f"to perform action '{ACTION}' over scope '{scope}' or the scope is invalid. "
-            "If access was recently granted, please refresh your credentials. "
-            f"(The emulator's fixture grants this action through the role '{ROLE_CONNECTION_READER}'.)",
+            "If access was recently granted, please refresh your credentials.",
             **facts,
         )
     connection = _case_insensitive(workspace.connections, match["conn"])
     if connection is None:
-        return azure_error(
-            404,
-            "ResourceNotFound",
-            f"The Resource 'Microsoft.MachineLearningServices/workspaces/{workspace.name}/connections/"
-            f"{match['conn']}' under resource group '{workspace.resource_group}' was not found. "
-            "For more details please go to https://aka.ms/ARMResourceNotFoundFix",
-            **facts,
-        )
+        # The Azure ML service's error shape (seen for a datastore); the message wording is the emulator's.
+        body = {
+            "error": {
+                "code": "UserError",
+                "message": f"Connection {match['conn']} not found in workspace {workspace.name}.",
+                "innerError": {"code": "NotFoundError"},
+            }
+        }
+        return json_response(404, body, **facts)
     facts["connection"] = connection.name
     return json_response(200, _resource(workspace, connection), **facts)
 
 
-def _workspace(state: State, cloud: Cloud, sub: str, rg: str, name: str) -> Workspace | Response:
-    in_cloud = [ws for ws in state.fixture.workspaces.values() if ws.cloud is cloud]
-    in_sub = [ws for ws in in_cloud if ws.subscription == sub.lower()]
-    if not in_sub:
-        return azure_error(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
-    in_rg = [ws for ws in in_sub if ws.resource_group.lower() == rg.lower()]
-    if not in_rg:
-        return azure_error(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
-    workspace = _case_insensitive({ws.name: ws for ws in in_rg}, name)
-    if workspace is None:
-        return azure_error(
-            404,
-            "ResourceNotFound",
-            f"The Resource 'Microsoft.MachineLearningServices/workspaces/{name}' under resource group '{rg}' "
-            "was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
-        )
-    return workspace
+def _workspace(state: State, cloud: Cloud, sub: str, rg: str, name: str) -> Workspace | None:
+    """The fixture's workspace at this subscription, resource group and name (ignoring case), if any."""
+    for workspace in state.fixture.workspaces.values():
+        if (
+            workspace.cloud is cloud
+            and workspace.subscription == sub.lower()
+            and workspace.resource_group.lower() == rg.lower()
+            and workspace.name.lower() == name.lower()
+        ):
+            return workspace
+    return None
 
 
 def _token_error(state: State, exc: InvalidToken) -> tuple[str, str]:

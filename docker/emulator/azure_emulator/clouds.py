@@ -10,12 +10,14 @@ class Cloud:
     name: str
     vault_suffix: str  # a vault's host is <name><vault_suffix>
     vault_resource: str  # the token resource Key Vault's challenge names
-    login_host: str  # the challenge's authority is https://<login_host>/<tenant>
+    vault_challenge_host: str  # Key Vault's challenge names authorization="https://<this>/<tenant>"
+    login_host: str  # the ARM challenge's authorization_uri is https://<login_host>/
     arm_host: str
     arm_resources: tuple[str, ...]  # token audiences ARM accepts (compared without a trailing slash)
 
-    def authority(self, tenant_id: str) -> str:
-        return f"https://{self.login_host}/{tenant_id}"
+    def vault_authority(self, tenant_id: str) -> str:
+        """The `authorization` parameter of Key Vault's 401 challenge."""
+        return f"https://{self.vault_challenge_host}/{tenant_id}"
 
 
 CLOUDS: dict[str, Cloud] = {
@@ -23,6 +25,9 @@ CLOUDS: dict[str, Cloud] = {
         name="public",
         vault_suffix=".vault.azure.net",
         vault_resource="https://vault.azure.net",
+        # Real public-cloud vaults name login.windows.net (azure-sdk-for-go#723; the challenges
+        # recorded in azure-sdk-for-js's Key Vault test recordings).
+        vault_challenge_host="login.windows.net",
         login_host="login.microsoftonline.com",
         arm_host="management.azure.com",
         arm_resources=("https://management.azure.com", "https://management.core.windows.net"),
@@ -31,6 +36,7 @@ CLOUDS: dict[str, Cloud] = {
         name="china",
         vault_suffix=".vault.azure.cn",
         vault_resource="https://vault.azure.cn",
+        vault_challenge_host="login.chinacloudapi.cn",  # what a China vault names is unknown (README)
         login_host="login.chinacloudapi.cn",
         arm_host="management.chinacloudapi.cn",
         arm_resources=("https://management.chinacloudapi.cn", "https://management.core.chinacloudapi.cn"),
@@ -39,6 +45,7 @@ CLOUDS: dict[str, Cloud] = {
         name="usgov",
         vault_suffix=".vault.usgovcloudapi.net",
         vault_resource="https://vault.usgovcloudapi.net",
+        vault_challenge_host="login.microsoftonline.us",  # what a US Gov vault names is unknown (README)
         login_host="login.microsoftonline.us",
         arm_host="management.usgovcloudapi.net",
         arm_resources=("https://management.usgovcloudapi.net", "https://management.core.usgovcloudapi.net"),

@@ -57,20 +57,27 @@ CONNECTION_KEYS = {
     "isSharedToAll",
     "created",
 }
-AUTH_TYPES = {
-    "PAT",
-    "ManagedIdentity",
-    "UsernamePassword",
-    "None",
-    "SAS",
-    "AccountKey",
-    "ServicePrincipal",
-    "AccessKey",
-    "ApiKey",
-    "CustomKeys",
-    "OAuth2",
-    "AAD",
+# Credential field names per authType, from the REST models (azure-rest-api-specs, Microsoft.MachineLearningServices
+# stable/2024-04-01/workspaceRP.json: WorkspaceConnectionPersonalAccessToken, ...ManagedIdentity, ...UsernamePassword,
+# ...SharedAccessSignature, ...AccountKey, ...ServicePrincipal, ...AccessKey, ...ApiKey, CustomKeys, ...OAuth2).
+# None and AAD (NoneAuthType-/AADAuthTypeWorkspaceConnectionProperties) have no `credentials` property at all.
+CREDENTIAL_FIELDS: dict[str, frozenset[str] | None] = {
+    "PAT": frozenset({"pat"}),
+    "ManagedIdentity": frozenset({"clientId", "resourceId"}),
+    "UsernamePassword": frozenset({"username", "password", "securityToken"}),
+    "None": None,
+    "SAS": frozenset({"sas"}),
+    "AccountKey": frozenset({"key"}),
+    "ServicePrincipal": frozenset({"clientId", "clientSecret", "tenantId"}),
+    "AccessKey": frozenset({"accessKeyId", "secretAccessKey"}),
+    "ApiKey": frozenset({"key"}),
+    "CustomKeys": frozenset({"keys"}),
+    "OAuth2": frozenset(
+        {"authUrl", "clientId", "clientSecret", "developerToken", "password", "refreshToken", "tenantId", "username"}
+    ),
+    "AAD": None,
 }
+AUTH_TYPES = set(CREDENTIAL_FIELDS)
 
 
 class FixtureError(ValueError):
@@ -401,20 +408,16 @@ def _connection(name: str, spec: Any, where: str) -> Connection:
     if auth_type not in AUTH_TYPES:
         raise FixtureError(f"{where}.authType: must be one of {sorted(AUTH_TYPES)}, got {auth_type!r}")
     _require(spec, "category", str, where)
-    credentials = spec.get("credentials") or {}
-    if not isinstance(credentials, dict):
-        raise FixtureError(f"{where}.credentials: must be a mapping")
-    if auth_type == "CustomKeys" and not isinstance(credentials.get("keys"), dict):
-        raise FixtureError(f"{where}.credentials.keys: a CustomKeys connection needs a mapping of keys")
+    credentials = _credentials(auth_type, spec.get("credentials"), f"{where}.credentials")
     metadata = spec.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise FixtureError(f"{where}.metadata: must be a mapping")
     expiry = spec.get("expiryTime")
     created = _iso(_time(spec.get("created"), f"{where}.created") or FIRST_CREATED)
-    properties = {
-        "authType": auth_type,
-        "category": spec["category"],
-        "credentials": credentials,
+    properties: dict[str, Any] = {"authType": auth_type, "category": spec["category"]}
+    if credentials is not None:  # None and AAD connections have no credentials property
+        properties["credentials"] = credentials
+    properties |= {
         "expiryTime": None if expiry is None else _iso(_time(expiry, f"{where}.expiryTime")),
         "target": spec.get("target"),
         "metadata": {key: str(value) for key, value in metadata.items()},
@@ -422,6 +425,32 @@ def _connection(name: str, spec: Any, where: str) -> Connection:
         "sharedUserList": [],
     }
     return Connection(name=name, properties=properties, created=created)
+
+
+def _credentials(auth_type: str, credentials: Any, where: str) -> dict[str, Any] | None:
+    """A connection's credentials, checked against its authType's REST model; None if it has none."""
+    fields = CREDENTIAL_FIELDS[auth_type]
+    if fields is None:
+        if credentials not in (None, {}):
+            raise FixtureError(f"{where}: authType {auth_type} has no credentials (none in its REST model)")
+        return None
+    credentials = credentials or {}
+    if not isinstance(credentials, dict):
+        raise FixtureError(f"{where}: must be a mapping")
+    if auth_type == "CustomKeys":
+        keys = credentials.get("keys")
+        if not isinstance(keys, dict) or not all(isinstance(value, str) for value in keys.values()):
+            raise FixtureError(f"{where}.keys: a CustomKeys connection needs a mapping of keys to strings")
+    unknown = set(credentials) - fields
+    if unknown:
+        raise FixtureError(
+            f"{where}: {sorted(unknown)} not in the {auth_type} credentials model; allowed: {sorted(fields)}"
+        )
+    if auth_type != "CustomKeys":
+        for name, value in credentials.items():
+            if not isinstance(value, str):
+                raise FixtureError(f"{where}.{name}: must be a string")
+    return credentials
 
 
 def _identity(name: str, spec: Any, vaults: dict[str, Vault], workspaces: dict[str, Workspace]) -> Identity:

@@ -1,6 +1,7 @@
 """Key Vault Get Secret, `GET https://<vault host>/secrets/<name>[/<version>]?api-version=...`.
 
 Order of checks: throttle, challenge (no token), api-version, token, RBAC, secret, enabled.
+RBAC is the fixture's roles plus run-time assignments and removals (`State.has_role`, roles.py).
 `exp` and `nbf` are returned but not enforced: Key Vault itself still returns the value of an
 expired or not-yet-valid secret (Azure/AzureKeyVault#19); only `enabled: false` blocks a read.
 """
@@ -23,7 +24,7 @@ NOT_FOUND_HELP = (
 
 
 def challenge(state: State, vault: Vault) -> dict[str, str]:
-    authority = vault.cloud.authority(state.fixture.tenant_id)
+    authority = vault.cloud.vault_authority(state.fixture.tenant_id)
     return {"WWW-Authenticate": f'Bearer authorization="{authority}", resource="{vault.cloud.vault_resource}"'}
 
 
@@ -86,8 +87,7 @@ def handle(state: State, request: Request) -> Response:
             **facts,
         )
 
-    identity = state.fixture.identities.get(claims.client_id)
-    if identity is None or vault.name not in identity.vaults:
+    if not state.has_role(claims.client_id, ROLE_SECRETS_USER, vault.name):
         return _forbidden_by_rbac(state, vault, name, claims.client_id, facts)
 
     secret = vault.secrets.get(name) or _case_insensitive(vault, name)
@@ -136,7 +136,6 @@ def _forbidden_by_rbac(state: State, vault: Vault, secret: str, client_id: str, 
         "Action: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'\r\n"
         f"Resource: '/providers/microsoft.keyvault/vaults/{vault.name.lower()}/secrets/{secret.lower()}'\r\n"
         f"Assignment: (not found)\r\n"
-        f"(the emulator's fixture grants this action through the role '{ROLE_SECRETS_USER}')\r\n"
         "DenyAssignmentId: null\r\n"
         "DecisionReason: null \r\n"
         f"Vault: {vault.name};location=emulator\r\n"

@@ -1,12 +1,17 @@
 """The Azure ML managed-identity endpoint: `GET $MSI_ENDPOINT?api-version=2017-09-01&resource=...`.
 
-It authenticates the caller with the `secret` header ($MSI_SECRET), selects a user-assigned
-identity with `clientid` (not `client_id`), and answers `expires_on` as an integer.
+It authenticates the caller with the `secret` header ($MSI_SECRET) and selects a user-assigned
+identity with `clientid` (not `client_id`). The answer has exactly the fields of a live recording
+(azure-sdk-assets, TestManagedIdentityCredential_AzureMLLive.json): `access_token`, integer
+`expires_in` and `expires_on`, `resource`, `token_type`. A missing api-version is accepted
+(Microsoft's online-endpoint sample sends none); what Azure answers to any other value than
+2017-09-01 is unknown, and the emulator refuses it (README).
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 
 from azure_emulator.imds import issue
 from azure_emulator.state import State
@@ -25,11 +30,12 @@ def handle(state: State, request: Request) -> Response:
         return oauth_error(
             401, "unauthorized_client", "The 'secret' header is missing or does not match MSI_SECRET.", **facts
         )
-    if query.get("api-version") != API_VERSION:
+    api_version = query.get("api-version")
+    if api_version and api_version != API_VERSION:  # absent or empty: accepted
         return oauth_error(
             400,
             "invalid_request",
-            f"api-version must be {API_VERSION}, got {query.get('api-version')!r}",
+            f"The emulator knows only api-version {API_VERSION} (or none), got {api_version!r}",
             **facts,
         )
     issued = issue(state, client_id, query.get("resource"))
@@ -40,10 +46,10 @@ def handle(state: State, request: Request) -> Response:
         200,
         {
             "access_token": token,
+            "expires_in": max(0, claims.expires_on - int(time.time())),
             "expires_on": claims.expires_on,
             "resource": claims.audience,
             "token_type": "Bearer",
-            "client_id": claims.client_id,
         },
         client_id=claims.client_id,
         resource=claims.audience,

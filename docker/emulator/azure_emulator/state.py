@@ -12,7 +12,8 @@ from typing import Any
 
 from azure_emulator import fixture as fixture_module
 from azure_emulator.faults import FaultTable, Throttle
-from azure_emulator.model import Fixture, Identity
+from azure_emulator.model import ROLE_CONNECTION_READER, ROLE_SECRETS_USER, Fixture, Identity
+from azure_emulator.roles import RoleAssignments
 from azure_emulator.tokens import Claims, TokenIssuer
 
 LOG_LIMIT = 200_000  # request-log entries kept; counters are never truncated
@@ -92,6 +93,7 @@ class State:
         self.faults = FaultTable()
         self.throttle = Throttle()
         self.stats = Stats()
+        self.roles = RoleAssignments()  # run-time role assignments and removals (admin API)
         self.stopping = threading.Event()  # set at shutdown: ends injected latencies and hangs
         self._lock = threading.Lock()
         self._original_raw = raw
@@ -100,12 +102,13 @@ class State:
         self._apply_fault_config()
 
     def reset(self) -> None:
-        """Back to the fixture as loaded (runtime additions, new versions, deletions and connection
-        updates undone); faults, throttle, counters and log too."""
+        """Back to the fixture as loaded (runtime additions, new versions, deletions, connection
+        updates and role assignments undone); faults, throttle, counters and log too."""
         with self._lock:
             self._raw = self._original_raw
             self.fixture = fixture_module.build(self._raw)
             self._apply_fault_config()
+            self.roles.clear()
             self.stats.clear()
 
     def load(self, fragment: Mapping[str, Any]) -> None:
@@ -134,6 +137,55 @@ class State:
         with self._lock:
             self._swap(fixture_module.with_connection_fields(self._raw, workspace, connection, fields))
 
+    def assign_role(self, identity: str, role: str, scope: str, after_denials: int) -> dict[str, Any]:
+        """Assign role on scope (a vault or workspace name) to identity (a client id or fixture name);
+        it takes effect once after_denials requests by the identity to the scope have been denied."""
+        if isinstance(after_denials, bool) or not isinstance(after_denials, int) or after_denials < 0:
+            raise fixture_module.FixtureError(f"after_denials: must be an integer >= 0, got {after_denials!r}")
+        found = self._role_target(identity, role, scope)
+        self.roles.assign(found.client_id, role, scope, after_denials)
+        return {
+            "identity": found.name,
+            "client_id": found.client_id,
+            "role": role,
+            "scope": scope,
+            "after_denials": after_denials,
+        }
+
+    def remove_role(self, identity: str, role: str, scope: str) -> None:
+        """Remove a role assignment (run-time or the fixture's); it takes effect at once."""
+        found = self._role_target(identity, role, scope)
+        if not self.roles.remove(found.client_id, role, scope, _granted(found, role, scope)):
+            raise fixture_module.FixtureError(f"identity {found.name!r} has no role {role!r} on {scope!r} to remove")
+
+    def has_role(self, client_id: str, role: str, scope: str) -> bool:
+        """Whether the caller holds role on scope now; a pending assignment counts this request as a denial."""
+        identity = self.fixture.identities.get(client_id.lower())
+        granted = identity is not None and _granted(identity, role, scope)
+        return self.roles.allows(client_id, role, scope, granted)
+
+    def describe_roles(self) -> list[dict[str, Any]]:
+        names = {identity.client_id: identity.name for identity in self.fixture.identities.values()}
+        return [{"identity": names.get(entry["client_id"]), **entry} for entry in self.roles.describe()]
+
+    def _role_target(self, identity: str, role: str, scope: str) -> Identity:
+        """The fixture identity named (by client id or name), after checking role and scope."""
+        fixture = self.fixture
+        if not isinstance(identity, str) or not isinstance(role, str) or not isinstance(scope, str):
+            raise fixture_module.FixtureError("identity, role and scope must be strings")
+        found = fixture.identities.get(identity.lower()) or next(
+            (item for item in fixture.identities.values() if item.name == identity), None
+        )
+        if found is None:
+            raise fixture_module.FixtureError(f"no identity with client id or name {identity!r} in the fixture")
+        scopes = {ROLE_SECRETS_USER: fixture.vaults, ROLE_CONNECTION_READER: fixture.workspaces}
+        if role not in scopes:
+            raise fixture_module.FixtureError(f"role: must be one of {sorted(scopes)}, got {role!r}")
+        if scope not in scopes[role]:
+            what = "vault" if role == ROLE_SECRETS_USER else "workspace"
+            raise fixture_module.FixtureError(f"no {what} named {scope!r} in the fixture (the scope of {role!r})")
+        return found
+
     def _swap(self, raw: dict[str, Any]) -> None:
         """Make raw the fixture in force; the caller holds the lock. All or nothing."""
         self.fixture = fixture_module.build(raw)  # raises before anything changes
@@ -157,3 +209,8 @@ class State:
             tenant_id=fixture.tenant_id,
             expires_in=fixture.token_lifetime_s if expires_in is None else expires_in,
         )
+
+
+def _granted(identity: Identity, role: str, scope: str) -> bool:
+    """Whether the fixture's `roles` give identity role on scope."""
+    return scope in (identity.vaults if role == ROLE_SECRETS_USER else identity.workspaces)
