@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         "write the results for the next container to read, and exit 0: with --dir, one file per variable "
         "(DIR/NAME, mode 0400, written atomically; file-delivered references land there too); with --env-file, "
         "NAME='value' lines a POSIX shell can source (set -a; . FILE; set +a). A name that is not a shell name "
-        "(--env-file) or a file name (--dir) is refused (65) before anything is fetched. Both directories must "
+        "(--env-file) or a file name (--dir) is refused (65) and its value not fetched. Both directories must "
         "be on a tmpfs (e.g. an emptyDir with medium: Memory) unless SIDECAR_FILES_ALLOW_DISK=true, without a "
         "link in their path, and not writable by other users: a Kubernetes emptyDir is 0777, so render into a "
         "subdirectory, which the sidecar creates (mode 0700).",

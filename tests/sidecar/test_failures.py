@@ -7,7 +7,7 @@ import stat
 import sys
 
 import pytest
-from sidecar_helpers import NOROLES_ID, USER_ID, WORKSPACE, kv, platform
+from sidecar_helpers import NOROLES_ID, README, USER_ID, WORKSPACE, kv, platform
 
 
 def assert_failed(run, code: int, variable: str) -> dict:
@@ -272,6 +272,18 @@ def test_python_dash_m_is_the_same_entry_point():
     assert result.returncode == 0
     for word in ("exec", "check", "SIDECAR_TIMEOUT", "exit codes", "$${{"):
         assert word in result.stdout
+
+
+def test_every_setting_is_documented_in_the_help_and_the_readme():
+    import subprocess
+
+    from sidecar.settings import KNOWN_SETTINGS
+
+    help_text = subprocess.run([sys.executable, "-m", "sidecar", "--help"], capture_output=True, text=True).stdout
+    readme = README.read_text()
+    assert [name for name in sorted(KNOWN_SETTINGS) if f"`{name}`" not in readme] == []
+    entrypoint_only = {"SIDECAR_MODE", "SIDECAR_BIN"}
+    assert [name for name in sorted(KNOWN_SETTINGS - entrypoint_only) if name not in help_text] == []
 
 
 def test_sigterm_before_the_exec_stops_the_sidecar_with_143(emulator, fixture_secret_values):
