@@ -12,7 +12,9 @@ Two forms, one meaning:
 Nothing here touches the network. Messages never echo a value that is not a
 reference, since it may be a secret a user typed in, nor the parts of a reference
 that may hold one: a URL's user part, a `default=`, and the text after a stray `&`
-or `#` (the tail of a default that was not percent-encoded). See `shown`.
+or `#` (the tail of a default that was not percent-encoded). See `shown`. Where the
+platform has resolved the platform form (SIDECAR_PLATFORM_FORM=pass), a value that
+only starts like a reference is not echoed either: it may be a secret (`_unquoted`).
 """
 
 from __future__ import annotations
@@ -216,11 +218,6 @@ class Variable:
 def is_deferred(value: str) -> bool:
     """Whether the value is (or is meant to be) a deferred reference: the whole value, without ${{ }}."""
     return value.startswith(KEYVAULT_SCHEME) or value.startswith(CONNECTION_PREFIX)
-
-
-def is_reference_candidate(value: str) -> bool:
-    """Cheap test: could this value hold a reference (or an escape) at all?"""
-    return OPEN in value or is_deferred(value)
 
 
 def parse_keyvault(uri: str) -> KeyVaultReference:
