@@ -45,7 +45,7 @@ lock:
 	rm -rf .cache/lock && $(PYTHON) -m venv .cache/lock
 	.cache/lock/bin/pip install --quiet .
 	{ echo "# Runtime lock: exactly what the image installs (pip install --no-deps -r)."; \
-	  echo "# Regenerate: make lock"; .cache/lock/bin/pip freeze --exclude sidecar; } > requirements.txt
+	  echo "# Regenerate: make lock"; .cache/lock/bin/pip freeze --exclude aml-secret-sidecar; } > requirements.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -271,7 +271,7 @@ def test_drop_in_with_runsvdir_like_a_curated_image(
         " --disable-pip-version-check --no-deps -r /tmp/sidecar/requirements.txt\n"
         "COPY --from=wheel /dist/ /tmp/sidecar/\n"
         "RUN /opt/sidecar/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps"
-        " /tmp/sidecar/sidecar-*.whl && ln -s /opt/sidecar/bin/sidecar /usr/local/bin/sidecar"
+        " /tmp/sidecar/aml_secret_sidecar-*.whl && ln -s /opt/sidecar/bin/sidecar /usr/local/bin/sidecar"
         " && rm -rf /tmp/sidecar\n"
         "COPY --chmod=0755 entrypoint.sh /entrypoint.sh\n"
         "USER dockeruser\n"
