@@ -1,8 +1,8 @@
 """The Azure clouds the sidecar will talk to, and nothing else.
 
 A token is only ever requested for these audiences and only ever sent to these
-hosts: a vault URL or ARM endpoint outside this table is refused before any
-network call.
+hosts: a vault URL, ARM endpoint or authority host outside this table is refused
+before any network call.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ CLOUDS = (
 )
 
 ARM_HOSTS = frozenset(cloud.arm_host for cloud in CLOUDS)
+# Microsoft Entra's authority hosts of these clouds (azure-identity's AzureAuthorityHosts): the only hosts a
+# workload identity's service-account token and token requests go to (sidecar.workload).
+AUTHORITY_HOSTS = frozenset({"login.microsoftonline.com", "login.chinacloudapi.cn", "login.microsoftonline.us"})
 VAULT_SUFFIXES = tuple(cloud.vault_suffix for cloud in CLOUDS)
 
 

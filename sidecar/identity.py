@@ -1,5 +1,6 @@
 """The endpoint's managed identity: azure-identity's ManagedIdentityCredential,
-with one token per audience per run.
+with one token per audience per run; on Kubernetes, workload identity (`sidecar.workload`),
+whose token requests go to Microsoft Entra through the sidecar's session.
 
 Token requests are retried by the credential's own azure-core RetryPolicy, set
 here (IMDS's 404/410 included), because msal caches a throttled or failed
@@ -17,15 +18,22 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import structlog
 from azure.core.credentials import AccessToken
-from azure.identity import ManagedIdentityCredential
+from azure.core.pipeline.transport import RequestsTransport
+from azure.identity import ClientAssertionCredential, ManagedIdentityCredential
 
+from sidecar import workload
 from sidecar.errors import ConfigurationError, SidecarError, UnavailableError
 from sidecar.logs import redactor
 from sidecar.settings import Settings
 from sidecar.stores.base import json_object
 
+log = structlog.get_logger("sidecar.identity")
+
 RETRY_STATUS_CODES = [404, 408, 410, 429, 500, 502, 503, 504]
+# Entra's token endpoint: not IMDS's 404 and 410, which there mean a wrong URL, not an update in progress.
+ENTRA_RETRY_STATUS_CODES = [408, 429, 500, 502, 503, 504]
 TOKEN_RETRY_BACKOFF_S = 0.5
 TOKEN_RETRY_BACKOFF_MAX_S = 16
 CONNECT_TIMEOUT_S = 5
@@ -46,8 +54,9 @@ def identity_flavour(env: Mapping[str, str]) -> tuple[str, str]:
             return flavour, env["IDENTITY_ENDPOINT"]
     if env.get("MSI_ENDPOINT"):
         return ("azureml" if env.get("MSI_SECRET") else "cloud_shell"), env["MSI_ENDPOINT"]
-    if all(env.get(name) for name in ("AZURE_FEDERATED_TOKEN_FILE", "AZURE_TENANT_ID", "AZURE_CLIENT_ID")):
-        return "workload_identity", env.get("AZURE_AUTHORITY_HOST", "login.microsoftonline.com")
+    # azure-identity 1.27's WORKLOAD_IDENTITY_VARS: AZURE_CLIENT_ID is not one of them (only the default client id).
+    if all(env.get(name) for name in workload.SELECTION):
+        return "workload_identity", env[workload.AUTHORITY_HOST]
     return "imds", env.get("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://169.254.169.254").rstrip("/")
 
 
@@ -106,6 +115,17 @@ class ManagedIdentity:
         self.flavour, self.endpoint = identity_flavour(env)
         self.client_id = settings.client_id
         self.client_id_source = settings.client_id_source
+        # A round of a long-running sidecar starts with the tokens of the last: it says again at debug only.
+        announce = log.debug if tokens else log.warning
+        missing = workload.partial_selection(env)
+        if missing:
+            announce(
+                "workload identity not selected",
+                missing=missing,
+                flavour=self.flavour,
+                fix=f"{workload.TOKEN_FILE} is set but {', '.join(missing)} is not, so azure-identity (and the "
+                "sidecar) uses another identity; the workload identity webhook sets all of them.",
+            )
         redactor.add(env.get("MSI_SECRET"))
         redactor.add(env.get("IDENTITY_HEADER"))
         self._answers = threading.local()
@@ -120,19 +140,56 @@ class ManagedIdentity:
             redactor.add(token.token)
         self._failures: dict[str, SidecarError] = {}
         self.requests = 0
-        self._credential = ManagedIdentityCredential(
-            client_id=self.client_id,
-            raw_response_hook=self._record_answer,
-            retry_total=settings.max_attempts - 1,
-            retry_status=settings.max_attempts - 1,
-            retry_connect=settings.max_attempts - 1,
-            retry_read=settings.max_attempts - 1,
-            retry_on_status_codes=RETRY_STATUS_CODES,
-            retry_backoff_factor=TOKEN_RETRY_BACKOFF_S,
-            retry_backoff_max=TOKEN_RETRY_BACKOFF_MAX_S,
-            timeout=settings.timeout_s,
+        retries = settings.max_attempts - 1
+        options = {
+            "raw_response_hook": self._record_answer,
+            "retry_total": retries,
+            "retry_status": retries,
+            "retry_connect": retries,
+            "retry_read": retries,
+            "retry_backoff_factor": TOKEN_RETRY_BACKOFF_S,
+            "retry_backoff_max": TOKEN_RETRY_BACKOFF_MAX_S,
+            "timeout": settings.timeout_s,
+        }
+        self.workload: workload.WorkloadIdentity | None = None
+        self._setup_error: SidecarError | None = None  # raised by every token request: one error per variable
+        self._credential: ManagedIdentityCredential | ClientAssertionCredential | None = None
+        if self.flavour != "workload_identity":
+            self._credential = ManagedIdentityCredential(
+                client_id=self.client_id,
+                retry_on_status_codes=RETRY_STATUS_CODES,
+                connection_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=settings.timeout_s,
+                **options,
+            )
+            return
+        try:
+            self.workload = workload.load(env, self.client_id, self.client_id_source, list(settings.connect_to))
+        except ConfigurationError as error:
+            self._setup_error = error
+            return
+        self.client_id, self.client_id_source = self.workload.client_id, self.workload.client_id_source
+        self.endpoint = self.workload.authority
+        from sidecar.session import new_session
+
+        # Entra is reached like the stores: SIDECAR_CONNECT_TO, the CA bundle, proxies, the timeouts.
+        transport = RequestsTransport(
+            session=new_session(list(settings.connect_to), announce=not tokens),
+            session_owner=False,
+            connection_verify=settings.ca_bundle if isinstance(settings.ca_bundle, str) else True,
             connection_timeout=CONNECT_TIMEOUT_S,
             read_timeout=settings.timeout_s,
+        )
+        # WorkloadIdentityCredential is this credential with a token-file reader that keeps what it read for
+        # 600 s; workload.TokenFile reads the file at every request instead (see sidecar.workload).
+        self._credential = ClientAssertionCredential(
+            self.workload.tenant_id,
+            self.workload.client_id,
+            workload.TokenFile(self.workload.token_file),
+            authority=self.workload.authority,
+            transport=transport,
+            retry_on_status_codes=ENTRA_RETRY_STATUS_CODES,
+            **options,
         )
 
     def _record_answer(self, response) -> None:  # type: ignore[no-untyped-def]
@@ -166,6 +223,8 @@ class ManagedIdentity:
     @property
     def description(self) -> str:
         """How messages name the identity: by client id where there is one."""
+        if self.workload:
+            return f"the workload identity with client id {self.client_id} (from {self.client_id_source})"
         if self.client_id:
             return f"the identity with client id {self.client_id} (from {self.client_id_source})"
         return "the endpoint's system-assigned identity"
@@ -183,16 +242,21 @@ class ManagedIdentity:
         return UnavailableError(
             f"no token for {scope.removesuffix('/.default')} from the {self.flavour} identity endpoint "
             f"{self.endpoint} within the deadline of {seconds:g} s.",
-            fix=UNREACHABLE_FIX,
+            fix=workload.unreachable_fix(self.workload) if self.flavour == "workload_identity" else UNREACHABLE_FIX,
         )
 
     def _request(self, scope: str) -> AccessToken:
         resource = scope.removesuffix("/.default")
         self._answers.answer = answer = _Answer()
+        if self._setup_error is not None:
+            raise self._setup_error
+        assert self._credential is not None
         with self._lock:
             self.requests += 1
         try:
             token = self._credential.get_token(scope)
+        except SidecarError:  # the token file could not be read (workload.TokenFile)
+            raise
         # Any failure here is the identity endpoint's: besides AzureError and ValueError, msal fails with
         # AttributeError, TypeError... on answers it does not expect (a JSON list).
         except Exception as exc:
@@ -211,6 +275,8 @@ class ManagedIdentity:
             else type(exc).__name__
         )
         where = f"the {self.flavour} identity endpoint {self.endpoint}"
+        if self.workload is not None:
+            return self._workload_failure(resource, answer, said, exc)
         if answer.status and 200 <= answer.status < 300:
             problem = answer.problem or f"the SDK could not use it ({type(exc).__name__})"
             return UnavailableError(
@@ -235,4 +301,20 @@ class ManagedIdentity:
             f"could not get a token for {resource} from {where} for {self.description} "
             f"after {max(answer.attempts, 1)} attempt(s): {said}.",
             fix=UNREACHABLE_FIX,
+        )
+
+    def _workload_failure(self, resource: str, answer: _Answer, said: str, exc: Exception) -> SidecarError:
+        """Entra's answer to a workload identity's token request, as an error with its fix."""
+        assert self.workload is not None
+        where = f"Microsoft Entra ({self.workload.authority})"
+        if answer.status and 200 <= answer.status < 300:
+            return workload.wrong_answer(
+                where, answer.status, answer.problem or f"the SDK could not use it ({type(exc).__name__})"
+            )
+        if answer.status and 400 <= answer.status < 500 and answer.status not in (408, 429):
+            return workload.refusal(answer.status, said, self.workload, resource)
+        return UnavailableError(
+            f"could not get a token for {resource} from {where} for {self.description} "
+            f"after {max(answer.attempts, 1)} attempt(s): {said}.",
+            fix=workload.unreachable_fix(self.workload),
         )

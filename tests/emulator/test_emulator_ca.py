@@ -25,6 +25,9 @@ PERMITTED_DNS = {
     "management.azure.com",
     "management.chinacloudapi.cn",
     "management.usgovcloudapi.net",
+    "login.microsoftonline.com",
+    "login.chinacloudapi.cn",
+    "login.microsoftonline.us",
     "localhost",
 }
 PERMITTED_IP = {ipaddress.ip_network("127.0.0.0/8")}
@@ -151,7 +154,7 @@ def test_ca_is_short_lived_and_the_server_certificate_lies_within_it(emulator):
     "names",
     [
         ["www.example.com"],
-        ["login.microsoftonline.com"],  # an Azure name the emulator does not serve
+        ["login.windows.net"],  # an Azure name the emulator does not serve
         ["evilvault.azure.net"],  # the constraint is on a label boundary
         ["10.0.0.1"],
         ["::1"],

@@ -17,6 +17,9 @@ HOSTS = [
     "management.azure.com",
     "management.chinacloudapi.cn",
     "management.usgovcloudapi.net",
+    "login.microsoftonline.com",
+    "login.chinacloudapi.cn",
+    "login.microsoftonline.us",
 ]
 
 

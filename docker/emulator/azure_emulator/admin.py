@@ -16,7 +16,7 @@ import urllib.request
 from typing import Any
 
 from azure_emulator.faults import Fault, parse_fault, parse_throttle_rule
-from azure_emulator.fixture import FixtureError
+from azure_emulator.fixture import DEFAULT_FEDERATED_AUDIENCE, FixtureError
 from azure_emulator.state import State
 from azure_emulator.web import Request, Response, json_response
 
@@ -87,6 +87,8 @@ def _route(state: State, request: Request, route: tuple[str, str], payload: Any)
         spec = _role_spec(payload, {"identity", "role", "scope"})
         state.remove_role(spec["identity"], spec["role"], spec["scope"])
         return json_response(200, {"status": "removed"})
+    if route == ("POST", "assertions"):
+        return json_response(200, _mint_assertion(state, payload))
     if route == ("POST", "tokens"):
         token, claims = state.mint(payload["client_id"].lower(), payload["audience"], int(payload["expires_in"]))
         return json_response(200, {"access_token": token, "expires_on": claims.expires_on})
@@ -112,6 +114,23 @@ def _named_route(state: State, route: tuple[str, str], payload: Any) -> Response
         state.update_connection(_name(match["workspace"]), _name(match["connection"]), payload)
         return json_response(200, {"status": "updated"})
     return None
+
+
+def _mint_assertion(state: State, payload: Any) -> dict[str, Any]:
+    """A service-account token as the cluster's OIDC issuer would sign it (the assertion of workload identity)."""
+    if not isinstance(payload, dict) or not {"issuer", "subject", "expires_in"} <= set(payload):
+        raise FixtureError("POST /admin/assertions takes {issuer, subject, expires_in, audience?, not_before?}")
+    unknown = set(payload) - {"issuer", "subject", "expires_in", "audience", "not_before"}
+    if unknown:
+        raise FixtureError(f"/admin/assertions: unknown keys {sorted(unknown)}")
+    assertion = state.assertions.mint(
+        issuer=str(payload["issuer"]),
+        subject=str(payload["subject"]),
+        audience=str(payload.get("audience") or DEFAULT_FEDERATED_AUDIENCE),
+        expires_in=int(payload["expires_in"]),
+        not_before=None if payload.get("not_before") is None else int(payload["not_before"]),
+    )
+    return {"assertion": assertion, "expires_on": state.assertions.verify(assertion)["exp"]}
 
 
 def _role_spec(payload: Any, allowed: set[str]) -> dict[str, Any]:
@@ -231,6 +250,21 @@ class AdminClient:
         """A token as the emulator would issue it; a negative expires_in gives an expired one."""
         spec = {"client_id": client_id, "audience": audience, "expires_in": expires_in}
         return self._call("POST", "tokens", spec)["access_token"]
+
+    def mint_assertion(
+        self,
+        issuer: str,
+        subject: str,
+        expires_in: int,
+        audience: str | None = None,
+        not_before: int | None = None,
+    ) -> dict[str, Any]:
+        """A service-account token for workload identity: {"assertion", "expires_on"}. audience: default
+        api://AzureADTokenExchange; a negative expires_in gives an expired one, a future not_before one not
+        valid yet."""
+        spec = {"issuer": issuer, "subject": subject, "expires_in": expires_in}
+        spec |= {key: value for key, value in (("audience", audience), ("not_before", not_before)) if value is not None}
+        return self._call("POST", "assertions", spec)
 
     def ca_pem(self) -> bytes:
         with urllib.request.urlopen(f"{self.http_url}/admin/ca.pem", timeout=self.timeout) as response:

@@ -102,10 +102,11 @@ def _serve(args: argparse.Namespace, raw: dict, fixture_path: Path, state_dir: P
         "msi_endpoint": http_url + msi.PATH,
         "msi_secret": state.fixture.msi_secret,
         "connect_to": connect_to_setting(address, https.server_port),
+        "tenant_id": state.fixture.tenant_id,
     }
     sys.stderr.write(
         f"azure-emulator: listening on {http_url} (IMDS {imds.PATH}, Azure ML {msi.PATH}, /admin/) and "
-        f"https://{address}:{https.server_port} (Key Vault, ARM); CA bundle: {ca_path}\n"
+        f"https://{address}:{https.server_port} (Key Vault, ARM, Entra); CA bundle: {ca_path}\n"
     )
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()

@@ -52,8 +52,13 @@ CLOUDS: dict[str, Cloud] = {
     ),
 }
 
+# The Microsoft Entra authority hosts (AzureAuthorityHosts in azure-identity): their token endpoint (entra.py).
+LOGIN_HOSTS = tuple(cloud.login_host for cloud in CLOUDS.values())
+
 # Every host name the HTTPS listener serves; the server certificate covers exactly these.
-TLS_NAMES = [f"*{cloud.vault_suffix}" for cloud in CLOUDS.values()] + [c.arm_host for c in CLOUDS.values()]
+TLS_NAMES = (
+    [f"*{cloud.vault_suffix}" for cloud in CLOUDS.values()] + [c.arm_host for c in CLOUDS.values()] + list(LOGIN_HOSTS)
+)
 
 
 def connect_to_setting(address: str, port: int) -> str:

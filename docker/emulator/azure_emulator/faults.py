@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("imds", "msi", "keyvault", "arm", "any")
+KINDS = ("imds", "msi", "entra", "keyvault", "arm", "any")
 MAX_HANG_S = 300.0  # a hang is for timeout tests; never hold a thread longer than this
 FAULT_KEYS = {
     "kind",

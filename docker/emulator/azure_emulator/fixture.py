@@ -24,6 +24,7 @@ from azure_emulator.model import (
     ROLE_CONNECTION_READER,
     ROLE_SECRETS_USER,
     Connection,
+    FederatedCredential,
     Fixture,
     Identity,
     Secret,
@@ -78,6 +79,8 @@ CREDENTIAL_FIELDS: dict[str, frozenset[str] | None] = {
     "AAD": None,
 }
 AUTH_TYPES = set(CREDENTIAL_FIELDS)
+# The audience Entra recommends for federated identity credentials (and AKS workload identity uses).
+DEFAULT_FEDERATED_AUDIENCE = "api://AzureADTokenExchange"
 
 
 class FixtureError(ValueError):
@@ -456,7 +459,7 @@ def _credentials(auth_type: str, credentials: Any, where: str) -> dict[str, Any]
 def _identity(name: str, spec: Any, vaults: dict[str, Vault], workspaces: dict[str, Workspace]) -> Identity:
     where = f"identities.{name}"
     spec = _as_mapping(spec, where)
-    _no_unknown_keys(spec, {"client_id", "default", "roles"}, where)
+    _no_unknown_keys(spec, {"client_id", "default", "roles", "federated_credentials"}, where)
     client_id = _require(spec, "client_id", str, where)
     if not GUID.fullmatch(client_id):
         raise FixtureError(f"{where}.client_id: must be a GUID, got {client_id!r}")
@@ -475,7 +478,30 @@ def _identity(name: str, spec: Any, vaults: dict[str, Vault], workspaces: dict[s
         default=default,
         vaults=frozenset(granted_vaults),
         workspaces=frozenset(granted_workspaces),
+        federated_credentials=_federated_credentials(spec.get("federated_credentials"), where),
     )
+
+
+def _federated_credentials(value: Any, where: str) -> tuple[FederatedCredential, ...]:
+    """An identity's federated identity credentials: issuer, subject and audiences (Entra's fields)."""
+    where = f"{where}.federated_credentials"
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise FixtureError(f"{where}: must be a list of {{issuer, subject, audiences}}")
+    credentials = []
+    for index, spec in enumerate(value):
+        here = f"{where}[{index}]"
+        spec = _as_mapping(spec, here)
+        _no_unknown_keys(spec, {"issuer", "subject", "audiences"}, here)
+        issuer = _require(spec, "issuer", str, here)
+        if not issuer.startswith("https://"):
+            raise FixtureError(f"{here}.issuer: an OIDC issuer is an https URL, got {issuer!r}")
+        audiences = spec.get("audiences", [DEFAULT_FEDERATED_AUDIENCE])
+        if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) and a for a in audiences):
+            raise FixtureError(f"{here}.audiences: must be a non-empty list of strings")
+        credentials.append(FederatedCredential(issuer, _require(spec, "subject", str, here), tuple(audiences)))
+    return tuple(credentials)
 
 
 def _names(value: Any, known: Mapping[str, Any], where: str) -> list[str]:

@@ -29,7 +29,7 @@ class EmulatorProcess:
     """Context manager: start the emulator, wait for its ready line, stop it on exit.
 
     Attributes after start: http_url, https_port, ca_bundle, imds_authority, msi_endpoint,
-    msi_secret, connect_to, fixture_path, admin (an AdminClient).
+    msi_secret, connect_to, tenant_id, fixture_path, admin (an AdminClient).
     """
 
     def __init__(
@@ -78,6 +78,7 @@ class EmulatorProcess:
         self.msi_endpoint: str = ready["msi_endpoint"]
         self.msi_secret: str = ready["msi_secret"]
         self.connect_to: str = ready["connect_to"]
+        self.tenant_id: str = ready["tenant_id"]
         self.admin = AdminClient(self.http_url)
 
     def stop(self) -> None:
@@ -105,8 +106,10 @@ class EmulatorProcess:
     def env(self, flavour: str = "imds") -> dict[str, str]:
         """Environment variables a client process needs to reach this emulator.
 
-        flavour "imds": AZURE_POD_IDENTITY_AUTHORITY_HOST; "azureml": MSI_ENDPOINT and MSI_SECRET.
-        Both: the CA bundle (REQUESTS_CA_BUNDLE, SSL_CERT_FILE) and SIDECAR_CONNECT_TO.
+        flavour "imds": AZURE_POD_IDENTITY_AUTHORITY_HOST; "azureml": MSI_ENDPOINT and MSI_SECRET;
+        "workload": AZURE_AUTHORITY_HOST and AZURE_TENANT_ID, what the workload identity webhook injects
+        besides AZURE_CLIENT_ID and AZURE_FEDERATED_TOKEN_FILE, which are the caller's (the identity and its
+        service-account token). All: the CA bundle (REQUESTS_CA_BUNDLE, SSL_CERT_FILE) and SIDECAR_CONNECT_TO.
         """
         variables = {
             "REQUESTS_CA_BUNDLE": self.ca_bundle,
@@ -118,8 +121,12 @@ class EmulatorProcess:
         elif flavour == "azureml":
             variables["MSI_ENDPOINT"] = self.msi_endpoint
             variables["MSI_SECRET"] = self.msi_secret
+        elif flavour == "workload":
+            # The real authority host: SIDECAR_CONNECT_TO sends it to the emulator, TLS keeps its name.
+            variables["AZURE_AUTHORITY_HOST"] = "https://login.microsoftonline.com/"
+            variables["AZURE_TENANT_ID"] = self.tenant_id
         else:
-            raise ValueError(f"flavour must be 'imds' or 'azureml', got {flavour!r}")
+            raise ValueError(f"flavour must be 'imds', 'azureml' or 'workload', got {flavour!r}")
         return variables
 
     def _read_stdout(self) -> None:

@@ -67,12 +67,23 @@ class Workspace:
 
 
 @dataclass(frozen=True)
+class FederatedCredential:
+    """A federated identity credential: Entra accepts an assertion whose iss, sub and aud match it exactly."""
+
+    issuer: str
+    subject: str
+    audiences: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Identity:
     name: str
     client_id: str  # lower-case
     default: bool
     vaults: frozenset[str]  # "Key Vault Secrets User" on these vaults
     workspaces: frozenset[str]  # "... Workspace Connection Secrets Reader" on these workspaces
+    # Workload identity: the service-account tokens Entra exchanges for this identity's tokens (entra.py).
+    federated_credentials: tuple[FederatedCredential, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The two listeners, request routing, fault injection and the request log.
 
 Plain HTTP: IMDS, the Azure ML identity endpoint and the admin API. HTTPS (one port, routed by
-the Host header): Key Vault and ARM. Both are stdlib ThreadingHTTPServers speaking HTTP/1.1
-keep-alive, with a thread per connection so a hung request never blocks the others.
+the Host header): Key Vault, ARM and Microsoft Entra's token endpoint. Both are stdlib
+ThreadingHTTPServers speaking HTTP/1.1 keep-alive, with a thread per connection so a hung request
+never blocks the others.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from azure_emulator import admin, admin_guard, arm, imds, keyvault, msi
+from azure_emulator import admin, admin_guard, arm, entra, imds, keyvault, msi
 from azure_emulator.arm import CLOUD_BY_ARM_HOST
-from azure_emulator.clouds import CLOUDS
+from azure_emulator.clouds import CLOUDS, LOGIN_HOSTS
 from azure_emulator.faults import Fault
 from azure_emulator.state import State
 from azure_emulator.web import Request, Response, azure_error, json_response, oauth_error
@@ -39,7 +40,7 @@ FAULT_CODES = {
 
 
 def route(listener: str, host: str, path: str) -> tuple[str, Endpoint]:
-    """(kind, endpoint) for a request: kind is imds, msi, admin, keyvault, arm or unknown."""
+    """(kind, endpoint) for a request: kind is imds, msi, admin, entra, keyvault, arm or unknown."""
     if listener == "http":
         if path == imds.PATH:
             return "imds", imds.handle
@@ -52,6 +53,8 @@ def route(listener: str, host: str, path: str) -> tuple[str, Endpoint]:
         return "keyvault", keyvault.handle
     if host in CLOUD_BY_ARM_HOST:
         return "arm", arm.handle
+    if host in LOGIN_HOSTS:
+        return "entra", entra.handle
     return "unknown", _unknown_https
 
 
@@ -66,7 +69,7 @@ def _unknown_https(state: State, request: Request) -> Response:
     return azure_error(
         404,
         "UnknownHost",
-        f"The emulator serves no host named {request.host!r} over HTTPS (Key Vault and ARM hosts only).",
+        f"The emulator serves no host named {request.host!r} over HTTPS (Key Vault, ARM and Entra hosts only).",
     )
 
 
@@ -82,7 +85,7 @@ def _call(endpoint: Endpoint, state: State, request: Request) -> Response:
 def _fault_response(kind: str, fault: Fault) -> Response:
     assert fault.status is not None
     message = f"Injected fault: status {fault.status}."
-    if kind in ("imds", "msi"):
+    if kind in ("imds", "msi", "entra"):
         response = oauth_error(fault.status, "fault_injected", message)
     else:
         response = azure_error(fault.status, FAULT_CODES.get(fault.status, "InjectedFault"), message)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from azure_emulator import fixture as fixture_module
+from azure_emulator.assertions import AssertionIssuer
 from azure_emulator.faults import FaultTable, Throttle
 from azure_emulator.model import ROLE_CONNECTION_READER, ROLE_SECRETS_USER, Fixture, Identity
 from azure_emulator.roles import RoleAssignments
@@ -48,7 +49,7 @@ class Stats:
             self._log.append(entry)
             counters = self._counters
             _bump(counters["by_kind"], entry["kind"], status)
-            if entry["kind"] in ("imds", "msi") and entry.get("resource") is not None:
+            if entry["kind"] in ("imds", "msi", "entra") and entry.get("resource") is not None:
                 _bump(counters["token_requests"], entry.get("client_id") or "", entry["resource"], status)
             if entry.get("secret") is not None:
                 _bump(counters["keyvault_gets"], entry["vault"], entry["secret"], status)
@@ -90,6 +91,7 @@ class State:
         self.fixture_path = fixture_path
         self.ca_bundle = ca_bundle
         self.issuer = TokenIssuer()
+        self.assertions = AssertionIssuer()  # the service-account tokens Entra exchanges (workload identity)
         self.faults = FaultTable()
         self.throttle = Throttle()
         self.stats = Stats()
