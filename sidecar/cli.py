@@ -16,8 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import structlog
-
 from sidecar import __version__, logs
 from sidecar.errors import (
     CommandNotExecutableError,
@@ -36,7 +34,7 @@ if TYPE_CHECKING:
     from sidecar.delivery import Delivery
     from sidecar.pipeline import Report
 
-log = structlog.get_logger("sidecar")
+log = logs.get_logger("sidecar")
 
 REFERENCE_HELP = """\
 references (in any environment value):
@@ -67,6 +65,11 @@ settings:
   SIDECAR_CLIENT_ID / DEFAULT_IDENTITY_CLIENT_ID  managed identity client id (else system-assigned)
   MSI_ENDPOINT + MSI_SECRET                     Azure ML identity endpoint (else IMDS;
                                                 AZURE_POD_IDENTITY_AUTHORITY_HOST overrides its address)
+  AZURE_AUTHORITY_HOST + AZURE_TENANT_ID + AZURE_FEDERATED_TOKEN_FILE (+ AZURE_CLIENT_ID)
+                                                Kubernetes workload identity: the service-account token is
+                                                exchanged at Microsoft Entra (known clouds' authority hosts
+                                                only); SIDECAR_CLIENT_ID / DEFAULT_IDENTITY_CLIENT_ID win
+                                                over AZURE_CLIENT_ID
   AZUREML_ARM_SUBSCRIPTION, AZUREML_ARM_RESOURCEGROUP, AZUREML_ARM_WORKSPACE_NAME
                                                 workspace of connection references
   SIDECAR_ARM_ENDPOINT     ARM host (default https://management.azure.com)
@@ -103,7 +106,8 @@ settings of supervise and render --watch:
 exit codes:
   0 ok; 64 usage; 65 malformed reference or a value an environment variable cannot hold;
   66 not found; 69 unavailable (network, retries exhausted, deadline, an answer of the wrong
-  shape); 70 internal error (a bug); 77 permission denied; 78 configuration; 126 CMD not
+  shape); 70 internal error (a bug); 77 permission denied; 78 configuration (including a workload
+  identity's token file or authority host, or a federated credential Entra refuses); 126 CMD not
   executable; 127 CMD not found. With several failures: the first present of 65, 78, 77, 66, 69.
   supervise: once CMD runs, CMD's code, or 128+N when signal N killed it. A signal that ends
   the sidecar before CMD runs (or ends render --watch): 128+N.

@@ -14,11 +14,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-import structlog
-
+from sidecar import logs
 from sidecar.errors import ConfigurationError
 
-log = structlog.get_logger("sidecar.connect_to")
+log = logs.get_logger("sidecar.connect_to")
 
 DEFAULT_PORTS = {"https": 443, "http": 80}
 SETTING = "SIDECAR_CONNECT_TO"

@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import structlog
-
+from sidecar import logs
 from sidecar.errors import ConfigurationError, MalformedReferenceError, SidecarError
 from sidecar.references import FILE_NAME, FILE_NAME_RULE, Variable
 
 if TYPE_CHECKING:
     from sidecar.environment import Resolution
 
-log = structlog.get_logger("sidecar")
+log = logs.get_logger("sidecar")
 
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 FILE_MODE = 0o400

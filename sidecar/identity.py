@@ -12,24 +12,23 @@ only read that cache. It is the only retry layer for tokens; see
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import structlog
+import requests
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import ClientAssertionCredential, ManagedIdentityCredential
 
-from sidecar import workload
+from sidecar import logs, workload
 from sidecar.errors import ConfigurationError, SidecarError, UnavailableError
 from sidecar.logs import redactor
 from sidecar.settings import Settings
 from sidecar.stores.base import json_object
 
-log = structlog.get_logger("sidecar.identity")
+log = logs.get_logger("sidecar.identity")
 
 RETRY_STATUS_CODES = [404, 408, 410, 429, 500, 502, 503, 504]
 # Entra's token endpoint: not IMDS's 404 and 410, which there mean a wrong URL, not an update in progress.
@@ -107,11 +106,12 @@ class ManagedIdentity:
     def __init__(
         self,
         settings: Settings,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str],
+        session: requests.Session,
         tokens: Mapping[str, tuple[str, int]] | None = None,
     ) -> None:
-        """`tokens`: scope -> (token, expires_on) from an earlier round of a long-running sidecar."""
-        env = os.environ if env is None else env
+        """`tokens`: scope -> (token, expires_on) from an earlier round of a long-running sidecar.
+        `session`: the run's HTTP session (connect-to, proxies), which Microsoft Entra is reached through."""
         self.flavour, self.endpoint = identity_flavour(env)
         self.client_id = settings.client_id
         self.client_id_source = settings.client_id_source
@@ -170,11 +170,9 @@ class ManagedIdentity:
             return
         self.client_id, self.client_id_source = self.workload.client_id, self.workload.client_id_source
         self.endpoint = self.workload.authority
-        from sidecar.session import new_session
-
         # Entra is reached like the stores: SIDECAR_CONNECT_TO, the CA bundle, proxies, the timeouts.
         transport = RequestsTransport(
-            session=new_session(list(settings.connect_to), announce=not tokens),
+            session=session,
             session_owner=False,
             connection_verify=settings.ca_bundle if isinstance(settings.ca_bundle, str) else True,
             connection_timeout=CONNECT_TIMEOUT_S,

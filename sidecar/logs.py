@@ -1,5 +1,10 @@
 """Logging: configured once, one JSON (or console) line per event on stderr.
 
+The sidecar's loggers (`get_logger`) carry their own processor chain, so they never depend on, nor
+change, a global structlog configuration. The command line calls `configure`, which owns the process's
+logging; `sidecar.load()` does not, and its events reach the host's own handlers as records of the
+`sidecar` logger, each already redacted (`_to_stdlib`).
+
 Every line, ours and the SDKs' (azure-core, msal, urllib3 go through the same
 stdlib handler), passes one redaction processor last, so a value that is
 registered as sensitive (every fetched value, every token, MSI_SECRET) cannot
@@ -14,6 +19,7 @@ not use.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -159,8 +165,42 @@ def _event_first(logger: Any, method: str, event_dict: MutableMapping[str, Any])
     return {**head, **event_dict}
 
 
+_configured = False  # set by `configure`: the command line owns this process's logging
+
+
+def _to_stdlib(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """Hand an event to stdlib logging.
+
+    After `configure` (the command line), to its handler's formatter, which redacts and renders it. Without
+    it (`sidecar.load()` in someone else's process), as one JSON object redacted here, so that whatever
+    handlers the host has show it like any other record and none of them can see a value.
+    """
+    if _configured:
+        return structlog.stdlib.ProcessorFormatter.wrap_for_formatter(logger, method, event_dict)
+    fields = {key: value for key, value in event_dict.items() if key not in ("level", "logger", "timestamp")}
+    return json.dumps(redactor(logger, method, fields), default=str)
+
+
+def get_logger(name: str) -> Any:
+    """The sidecar's logger `name`: a stdlib logger with structlog's API and the sidecar's own processor chain,
+    independent of any global structlog configuration (a host's, when the sidecar runs as a library)."""
+    return structlog.wrap_logger(
+        logging.getLogger(name),
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _to_stdlib,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+
+
 def configure(log_format: str = "json", level: str = "info") -> None:
     """Send structlog and stdlib logging to stderr through one chain ending in the redactor."""
+    global _configured
+    _configured = True
     numeric_level = getattr(logging, level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.stdlib.add_log_level,
@@ -192,13 +232,3 @@ def configure(log_format: str = "json", level: str = "info") -> None:
     # The SDKs log every request at INFO; keep them to warnings unless debugging.
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if numeric_level <= logging.DEBUG else logging.WARNING)
-    structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )

@@ -12,8 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import structlog
-
+from sidecar import logs
 from sidecar.delivery import Delivery
 from sidecar.environment import Resolution
 from sidecar.errors import SidecarError
@@ -22,7 +21,7 @@ from sidecar.references import ConnectionReference, KeyVaultReference, Variable,
 from sidecar.settings import Settings, Workspace
 from sidecar.stores.base import Fetched
 
-log = structlog.get_logger("sidecar")
+log = logs.get_logger("sidecar")
 
 
 @dataclass
@@ -121,7 +120,8 @@ def fetch_values(
 
     carried = carried or Carried()
     deadline = Deadline(settings.timeout_s, role_wait=None if carried.rounds else settings.role_wait_s)
-    identity = ManagedIdentity(settings, env, tokens=carried.tokens)
+    session = new_session(list(settings.connect_to), pool_maxsize=settings.max_concurrency, announce=not carried.rounds)
+    identity = ManagedIdentity(settings, env, session, tokens=carried.tokens)
     (log.debug if carried.rounds else log.info)(
         "identity",
         flavour=identity.flavour,
@@ -129,7 +129,6 @@ def fetch_values(
         client_id=identity.client_id,
         client_id_source=identity.client_id_source,
     )
-    session = new_session(list(settings.connect_to), pool_maxsize=settings.max_concurrency, announce=not carried.rounds)
     assert not isinstance(settings.ca_bundle, SidecarError), "prepare_variables reports it"
     verify: str | bool = settings.ca_bundle or True
     kinds = {reference.store for variable in variables for reference in variable.references}

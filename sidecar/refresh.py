@@ -31,8 +31,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import structlog
-
+from sidecar import logs
 from sidecar.delivery import Delivery
 from sidecar.environment import Resolution, child_environment
 from sidecar.errors import InternalError, SidecarError, command_error, exit_code_for
@@ -43,7 +42,7 @@ from sidecar.rounds import Round
 from sidecar.settings import RefreshSettings, Settings
 from sidecar.supervisor import FORWARDED, TERMINATING, Child, SignalPipe, become_subreaper, reap
 
-log = structlog.get_logger("sidecar")
+log = logs.get_logger("sidecar")
 
 SPLAY = (0.5, 1.5)  # the first round, in intervals after the start
 JITTER = 0.1  # each later round: interval * (1 +- JITTER)

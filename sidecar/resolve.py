@@ -26,13 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import structlog
 from tenacity import (
     RetryCallState,
     Retrying,
     wait_random_exponential,
 )
 
+from sidecar import logs
 from sidecar.errors import MissingRoleError, SidecarError, UnavailableError
 from sidecar.plan import FetchId, Plan
 from sidecar.stores.base import Fetched, Store, TransientError
@@ -40,7 +40,7 @@ from sidecar.stores.base import Fetched, Store, TransientError
 if TYPE_CHECKING:  # azure-identity is imported only by a run that has references
     from sidecar.identity import ManagedIdentity
 
-log = structlog.get_logger("sidecar.resolve")
+log = logs.get_logger("sidecar.resolve")
 
 BACKOFF_MULTIPLIER_S = 0.5
 BACKOFF_MAX_S = 16.0

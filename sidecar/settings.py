@@ -239,6 +239,17 @@ def _signal(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> sign
     return signal.Signals[f"SIG{short}"]
 
 
+def refresh_interval(env: Mapping[str, str]) -> float:
+    return _number(
+        env,
+        "SIDECAR_REFRESH_INTERVAL",
+        DEFAULT_REFRESH_INTERVAL_S,
+        MAX_REFRESH_INTERVAL_S,
+        integer=False,
+        minimum=MIN_REFRESH_INTERVAL_S,
+    )
+
+
 def load_refresh_settings(env: Mapping[str, str] | None = None) -> RefreshSettings:
     """The settings of the refresh loop (read only by the commands that refresh)."""
     env = os.environ if env is None else env
@@ -250,14 +261,7 @@ def load_refresh_settings(env: Mapping[str, str] | None = None) -> RefreshSettin
             fix="set SIDECAR_RELOAD_SIGNAL (e.g. HUP for gunicorn and azmlinfsrv), or SIDECAR_ON_CHANGE=restart.",
         )
     return RefreshSettings(
-        interval_s=_number(
-            env,
-            "SIDECAR_REFRESH_INTERVAL",
-            DEFAULT_REFRESH_INTERVAL_S,
-            MAX_REFRESH_INTERVAL_S,
-            integer=False,
-            minimum=MIN_REFRESH_INTERVAL_S,
-        ),
+        interval_s=refresh_interval(env),
         on_change=on_change,
         reload_signal=reload_signal,
         stop_signal=_signal(env, "SIDECAR_STOP_SIGNAL", STOP_SIGNALS) or signal.SIGTERM,

@@ -14,9 +14,9 @@ import os
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 
-import structlog
+from sidecar import logs
 
-log = structlog.get_logger("sidecar")
+log = logs.get_logger("sidecar")
 
 # What an operator or the runtime may send that belongs to the child.
 FORWARDED = (

@@ -33,6 +33,9 @@ from supervise_helpers import Supervised, supervised
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "docker" / "example" / "requirements.txt"
+# For a scoring script that calls sidecar.load(): the server's pins plus the sidecar's runtime lock (no conflict:
+# the shared packages have the same pins); the sidecar itself comes from the repository (PYTHONPATH).
+WITH_SIDECAR = (REQUIREMENTS, REPO / "requirements.txt")
 ENTRY_SCRIPT = REPO / "docker" / "example" / "score_files.py"
 COMPLETE = ".complete"  # written last into a venv that installed completely, before it is renamed into place
 INSTALL_TIMEOUT_S = 900
@@ -44,9 +47,9 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
-def venv_path() -> Path:
+def venv_path(requirements: tuple[Path, ...] = (REQUIREMENTS,)) -> Path:
     """.cache/azmlinfsrv-<sha256 of the requirements>-py<X><Y>: a venv is tied to its interpreter's version."""
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in requirements)).hexdigest()[:16]
     return REPO / ".cache" / f"azmlinfsrv-{digest}-py{sys.version_info.major}{sys.version_info.minor}"
 
 
@@ -64,13 +67,13 @@ class VenvUnavailable(RuntimeError):
     """The venv could not be built (no package index?); the message says why, with pip's last lines."""
 
 
-def build_venv() -> Path:
+def build_venv(requirements: tuple[Path, ...] = (REQUIREMENTS,)) -> Path:
     """The azmlinfsrv venv: reused when complete, else built in a temporary directory and renamed into place.
 
     Installing needs PyPI (or the pip configuration's index); VenvUnavailable says why it failed.
     The bench (bench/rotation.py) builds the same venv through this function.
     """
-    final = venv_path()
+    final = venv_path(requirements)
     if (final / COMPLETE).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -87,8 +90,7 @@ def build_venv() -> Path:
                 "--no-input",
                 "--disable-pip-version-check",
                 "--no-deps",
-                "-r",
-                str(REQUIREMENTS),
+                *(argument for path in requirements for argument in ("-r", str(path))),
             ],
         ]
         for step in steps:
@@ -104,7 +106,8 @@ def build_venv() -> Path:
                     f"creating the azmlinfsrv venv failed (exit {done.returncode}) at {step[2:4]}:\n{tail}"
                 )
         _relocate_scripts(building / "bin", building, final)
-        (building / COMPLETE).write_text(f"{REQUIREMENTS.read_text()}\n# built with {sys.version}\n")
+        pins = "".join(path.read_text() for path in requirements)
+        (building / COMPLETE).write_text(f"{pins}\n# built with {sys.version}\n")
         try:
             os.rename(building, final)
         except OSError:
@@ -116,10 +119,10 @@ def build_venv() -> Path:
     return final
 
 
-def venv_or_skip() -> Path:
+def venv_or_skip(requirements: tuple[Path, ...] = (REQUIREMENTS,)) -> Path:
     """build_venv() for a test: without the venv, the test fails under CI and is skipped elsewhere."""
     try:
-        return build_venv()
+        return build_venv(requirements)
     except VenvUnavailable as error:
         if in_ci():
             pytest.fail(f"the azmlinfsrv tests cannot run under CI: {error}", pytrace=False)
