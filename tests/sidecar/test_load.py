@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -40,7 +41,11 @@ def host(emulator, tmp_path, fixture_secret_values):
     return run
 
 
-def test_load_resolves_both_forms_and_options_in_place(host, shm_dir):
+ENCODED = base64.b64encode(b"fake-decoded-value").decode()
+
+
+def test_load_resolves_both_forms_and_options_in_place(host, emulator, shm_dir):
+    emulator.admin.add_version("contoso-kv", "b64", ENCODED)
     result = host(
         {
             "KEY": platform(f"keyvault:{KV}/secrets/db-password"),
@@ -50,14 +55,23 @@ def test_load_resolves_both_forms_and_options_in_place(host, shm_dir):
             "MAYBE": kv("no-such-secret", options="?optional"),
             "AS_FILE": kv("db-password", options="?file"),
             "CUSTOM": "azureml://connections/custom-conn/credentials/API_KEY",
+            "FALLBACK": kv("no-such-secret", options="?default=fake%2Ddefault"),
+            "DECODED": kv("b64", options="?decode=base64"),
+            "ESCAPED": "costs $${{amount}}",
             "SIDECAR_FILES_DIR": str(shm_dir),
-        }
+        },
+        secrets=(ENCODED, "fake-decoded-value"),
     )
     assert "error" not in result, result.get("error")
     env = result["env"]
     assert env["KEY"] == "fake-db-password-7Qx" and env["URL"] == "postgres://app:fake-db-password-7Qx@db/app"
     assert env["PINNED"] == "fake-openai-key-v1" and env["JSON_PASSWORD"] == "fake-json-password"
     assert env["CUSTOM"] == "fake-custom-api-key" and "MAYBE" not in env
+    assert (env["FALLBACK"], env["DECODED"], env["ESCAPED"]) == (
+        "fake-default",
+        "fake-decoded-value",
+        "costs ${{amount}}",
+    )
     assert Path(env["AS_FILE"]).read_text() == "fake-db-password-7Qx"
     loaded = result["results"][0]
     assert loaded["PINNED"]["versions"] == ["00000000000000000000000000000a01"]
