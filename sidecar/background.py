@@ -20,7 +20,7 @@ from sidecar.delivery import Delivery
 from sidecar.environment import Resolution
 from sidecar.errors import SidecarError
 from sidecar.pipeline import Carried, fetch_values
-from sidecar.refresh import JITTER, MAX_BACKOFF_DOUBLINGS, SPLAY, compare
+from sidecar.refresh import JITTER, MAX_BACKOFF_DOUBLINGS, SPLAY, compare, log_failures
 from sidecar.settings import Settings
 
 log = logs.get_logger("sidecar")
@@ -65,26 +65,9 @@ def _values(resolutions: Mapping[str, Resolution]) -> dict[str, str]:
     return {name: r.value for name, r in resolutions.items() if not r.unset and r.value is not None}
 
 
-def start(
-    current: Current,
-    resolutions: list[Resolution],
-    carried: Carried | None,
-    env: Mapping[str, str],
-    settings: Settings,
-    delivery: Delivery,
-    interval_s: float,
-    on_change: OnChange | None,
-) -> None:
-    """Start the rounds in a daemon thread (none when no reference can change: each names a version)."""
-    if not any(reference.can_change for r in resolutions for reference in r.variable.references):
-        log.info("no refresh", reason="no reference can change: every one names a Key Vault version")
-        return
-    rounds = _Rounds(current, resolutions, carried, env, settings, delivery, interval_s, on_change)
-    current._thread = threading.Thread(target=rounds.run, name="sidecar-refresh", daemon=True)
-    current._thread.start()
+class Rounds:
+    """The refresh rounds of one load(), in a daemon thread (`start`)."""
 
-
-class _Rounds:
     def __init__(
         self,
         current: Current,
@@ -107,7 +90,15 @@ class _Rounds:
         self._on_change = on_change
         self._failed_rounds = 0
 
-    def run(self) -> None:
+    def start(self) -> None:
+        """Start the rounds (none when no reference can change: each names a Key Vault version)."""
+        if not any(reference.can_change for variable in self._variables for reference in variable.references):
+            log.info("no refresh", reason="no reference can change: every one names a Key Vault version")
+            return
+        self._current._thread = threading.Thread(target=self._run, name="sidecar-refresh", daemon=True)
+        self._current._thread.start()
+
+    def _run(self) -> None:
         delay = self._interval_s * random.uniform(*SPLAY)
         log.info("refresh", interval_s=self._interval_s, first_in_s=round(delay, 1), into="the returned mapping")
         while not self._current._stop.wait(delay):
@@ -124,16 +115,7 @@ class _Rounds:
         report = fetch_values(self._variables, self._env, self._settings, self._delivery, self._carried)
         self._carried = report.carried
         change, failures = compare(self._resolutions, report.resolutions)
-        for error in failures:
-            log.error(
-                "refresh failed",
-                variable=error.variable,
-                reference=error.reference,
-                status=error.status,
-                error=error.message,
-                fix=error.fix,
-                action="keeping the current value",
-            )
+        log_failures(failures)
         self._failed_rounds = self._failed_rounds + 1 if failures else 0
         if not change.resolutions:
             return

@@ -191,5 +191,7 @@ def _load(
         from sidecar import background
 
         current = background.Current({name: target[name] for name in loaded if name in target})
-        background.start(current, report.resolutions, report.carried, env, settings, delivery, interval_s, on_change)
+        background.Rounds(
+            current, report.resolutions, report.carried, env, settings, delivery, interval_s, on_change
+        ).start()
     return LoadResult(variables=loaded, fetches=report.fetches, ms=report.ms, current=current)

@@ -86,6 +86,20 @@ def compare(current: Mapping[str, Resolution], new: Iterable[Resolution]) -> tup
     return change, failures
 
 
+def log_failures(failures: Iterable[SidecarError]) -> None:
+    """A round's failed variables: each keeps its current value."""
+    for error in failures:
+        log.error(
+            "refresh failed",
+            variable=error.variable,
+            reference=error.reference,
+            status=error.status,
+            error=error.message,
+            fix=error.fix,
+            action="keeping the current value",
+        )
+
+
 def _remember(report: Report) -> None:
     """The values and tokens a round sent are sensitive here too (the round registered them in its own memory)."""
     for resolution in report.resolutions:
@@ -377,16 +391,7 @@ class Refresher:
     def _on_refreshed(self, report: Report) -> None:
         self._accept(report)
         change, failures = compare(self._current, report.resolutions)
-        for error in failures:
-            log.error(
-                "refresh failed",
-                variable=error.variable,
-                reference=error.reference,
-                status=error.status,
-                error=error.message,
-                fix=error.fix,
-                action="keeping the current value",
-            )
+        log_failures(failures)
         for warning in (w for r in change.resolutions.values() for w in r.warnings):
             log.warning("warning", warning=warning)
         self._failed_rounds = self._failed_rounds + 1 if failures else 0
