@@ -276,7 +276,8 @@ def test_the_kubernetes_render_watch_sidecar_rewrites_the_files_on_rotation(
     fixture_secret_values: set[str],
     request: pytest.FixtureRequest,
 ) -> None:
-    spec = yaml.safe_load(K8S_SIDECAR.read_text(encoding="utf-8"))["spec"]["template"]["spec"]
+    [deployment] = [d for d in yaml.safe_load_all(K8S_SIDECAR.read_text(encoding="utf-8")) if d["kind"] == "Deployment"]
+    spec = deployment["spec"]["template"]["spec"]
     sidecar = next(c for c in spec["initContainers"] if c.get("restartPolicy") == "Always")
     server = spec["containers"][0]
     mount = next(m["mountPath"] for m in sidecar["volumeMounts"] if m["name"] == "secrets")
