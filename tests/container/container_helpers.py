@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,31 @@ class App:
             parts = [*line.split(None, 2), "", ""][:3]
             rows.append((parts[0], parts[1], parts[2].strip()))
         return rows
+
+
+POLL_S = 0.1
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float, logs: Callable[[], str]) -> Any:
+    """Poll `check` until it returns something true, at most `timeout` seconds; fail naming `what`, with logs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout:g} s for {what}; logs:\n{logs()[-4000:]}", pytrace=False)
+        time.sleep(POLL_S)
+
+
+def sidecar_events(logs: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The sidecar's JSON log lines (stderr, in `podman logs`), optionally only one event."""
+    events = []
+    for line in logs.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and (name is None or event.get("event") == name):
+            events.append(event)
+    return events

@@ -33,7 +33,17 @@ from typing import Any
 
 import kube_helpers as kube
 import pytest
-from container_helpers import CONTAINER_CA, KNOWN_VALUES, REPO, Images, Podman, free_port, post_score
+from container_helpers import (
+    CONTAINER_CA,
+    KNOWN_VALUES,
+    REPO,
+    Images,
+    Podman,
+    free_port,
+    post_score,
+    sidecar_events,
+    wait_for,
+)
 
 pytestmark = pytest.mark.container
 
@@ -45,34 +55,9 @@ SHM = Path("/dev/shm")  # a tmpfs on Linux hosts, where the emptyDirs with mediu
 PLAY_TIMEOUT_S = 120  # kube play returns once the containers have started (after the init containers' ends)
 WAIT_S = 60.0
 ROTATION_BOUND_S = 60.0
-POLL_S = 0.1
 ROTATED = "fake-db-password-rotated-in-a-pod"
 ENDPOINT = "https://contoso-aoai.openai.azure.com/"  # aoai-conn's target in the emulator fixture
 SIDECAR_EXIT_NOT_FOUND = 66  # sidecar/errors.py: a secret that does not exist
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float, logs: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout:g} s for {what}; logs:\n{logs()[-4000:]}", pytrace=False)
-        time.sleep(POLL_S)
-
-
-def events(logs: str, name: str) -> list[dict[str, Any]]:
-    """The sidecar's JSON log lines with this event name."""
-    found = []
-    for line in logs.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("event") == name:
-            found.append(event)
-    return found
 
 
 @dataclass
@@ -285,7 +270,7 @@ def test_the_init_container_renders_into_memory_and_the_server_starts_after_it(
     assert not server_env & {"AZURE_CLIENT_ID", "AZURE_FEDERATED_TOKEN_FILE"}, server_env
     assert played.sh("server", f"test -e {kube.TOKEN_DIR} && echo token || echo none").split() == ["none"]
     # The sidecar exchanged the service-account token at Entra, for the identity the annotation names.
-    [identity] = events(played.logs("secrets"), "identity")
+    [identity] = sidecar_events(played.logs("secrets"), "identity")
     assert (identity["flavour"], identity["client_id"]) == ("workload_identity", kube.WORKLOAD_CLIENT_ID), identity
     assert set(emulator.admin.counters()["token_requests"]) == {kube.WORKLOAD_CLIENT_ID}
     played.assert_no_leak()
@@ -305,7 +290,7 @@ def test_a_failing_reference_keeps_the_server_from_starting(play: Callable[..., 
     code = int(played.state("secrets", "ExitCode"))
     assert code == SIDECAR_EXIT_NOT_FOUND, played.logs("secrets")[-4000:]
     assert f"exited with code {code}" in played.result.stderr, played.result.stderr[-4000:]
-    [failed] = events(played.logs("secrets"), "failed")
+    [failed] = sidecar_events(played.logs("secrets"), "failed")
     assert failed["exit_code"] == code and "DB_PASSWORD" in json.dumps(failed), failed
     # The server was created and never started.
     assert played.state("server", "Status") in {"created", "configured"}, played.state("server", "Status")
@@ -354,7 +339,7 @@ def test_the_native_sidecar_keeps_the_files_current(play: Callable[..., Played],
     after = len(ROTATED)
     expected = ["tmpfs", "700", "400:10001", *map(str, (after, after, openai, endpoint))]
     wait_for(lambda: server_view() == expected, "the rewritten files", ROTATION_BOUND_S, played.all_logs)
-    assert [event["variable"] for event in events(played.logs("secrets"), "changed")] == ["DB_PASSWORD"]
+    assert [event["variable"] for event in sidecar_events(played.logs("secrets"), "changed")] == ["DB_PASSWORD"]
     # Only the workload identity was used, through Entra (no IMDS).
     assert set(emulator.admin.counters()["token_requests"]) == {kube.WORKLOAD_CLIENT_ID}
     # kubelet stops a native sidecar after the server, with SIGTERM; podman stops the pod's containers
@@ -381,7 +366,7 @@ def test_the_supervise_deployment_runs_the_server_under_the_sidecar(play: Callab
     assert "sidecar supervise -- azmlinfsrv" in pid1, pid1
     assert_locked_down(played, "server")
     assert_as_deployed(played, SUPERVISE_EXAMPLE, "server")
-    [identity] = events(played.logs("server"), "identity")
+    [identity] = sidecar_events(played.logs("server"), "identity")
     assert (identity["flavour"], identity["client_id"]) == ("workload_identity", kube.WORKLOAD_CLIENT_ID), identity
     assert set(emulator.admin.counters()["token_requests"]) == {kube.WORKLOAD_CLIENT_ID}
     # SIGTERM to PID 1 (what kubelet sends): the sidecar passes it on and leaves with the server's code.

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from container_helpers import KNOWN_VALUES, REPO, App, Images, Podman, env_args, read_env_file
+from container_helpers import KNOWN_VALUES, REPO, App, Images, Podman, env_args, read_env_file, sidecar_events, wait_for
 
 pytestmark = pytest.mark.container
 
@@ -30,35 +30,9 @@ ROTATED = "fake-db-password-rotated-in-a-container"
 ROTATION_BOUND_S = 60.0  # a round every ~1 s, then a restart of azmlinfsrv (a few seconds)
 STOP_BOUND_S = 5.0  # the sidecar passes TERM on, gunicorn stops its workers, the sidecar follows
 WAIT_S = 60.0
-POLL_S = 0.1
 # What azmlinfsrv (gunicorn's arbiter) exits with after SIGTERM, as the sidecar's child: measured, and
 # the same as when it is PID 1 itself (test_container_images.test_podman_stop_ends_the_server_through_sigterm).
 AZMLINFSRV_TERM_EXIT = 0
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float, logs: Callable[[], str]) -> Any:
-    """Poll `check` until it returns something true, at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout:g} s for {what}; logs:\n{logs()[-4000:]}", pytrace=False)
-        time.sleep(POLL_S)
-
-
-def sidecar_events(logs: str, name: str | None = None) -> list[dict[str, Any]]:
-    """The sidecar's JSON log lines (stderr, in `podman logs`), optionally only one event."""
-    events = []
-    for line in logs.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and (name is None or event.get("event") == name):
-            events.append(event)
-    return events
 
 
 def assert_no_leak(podman: Podman, name: str, secrets: Collection[str], *more: str) -> None:
