@@ -10,7 +10,6 @@ thread, not in a fork: forking a process whose other threads hold locks (a web s
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
@@ -18,9 +17,15 @@ from types import MappingProxyType
 from sidecar import logs
 from sidecar.delivery import Delivery
 from sidecar.environment import Resolution
-from sidecar.errors import SidecarError
 from sidecar.pipeline import Carried, fetch_values
-from sidecar.refresh import JITTER, MAX_BACKOFF_DOUBLINGS, SPLAY, compare, log_failures
+from sidecar.refresh import (
+    apply_change,
+    compare,
+    first_round_delay,
+    log_failures,
+    next_round_delay,
+    nothing_can_change,
+)
 from sidecar.settings import Settings
 
 log = logs.get_logger("sidecar")
@@ -92,14 +97,13 @@ class Rounds:
 
     def start(self) -> None:
         """Start the rounds (none when no reference can change: each names a Key Vault version)."""
-        if not any(reference.can_change for variable in self._variables for reference in variable.references):
-            log.info("no refresh", reason="no reference can change: every one names a Key Vault version")
+        if nothing_can_change(self._variables):
             return
         self._current._thread = threading.Thread(target=self._run, name="sidecar-refresh", daemon=True)
         self._current._thread.start()
 
     def _run(self) -> None:
-        delay = self._interval_s * random.uniform(*SPLAY)
+        delay = first_round_delay(self._interval_s)
         log.info("refresh", interval_s=self._interval_s, first_in_s=round(delay, 1), into="the returned mapping")
         while not self._current._stop.wait(delay):
             try:
@@ -107,8 +111,7 @@ class Rounds:
             except Exception as error:  # a bug must not end the thread silently: say where, never what
                 self._failed_rounds += 1
                 log.error("refresh failed", error=type(error).__name__, action="keeping every current value")
-            backoff = 2 ** min(self._failed_rounds, MAX_BACKOFF_DOUBLINGS)
-            delay = self._interval_s * backoff * random.uniform(1 - JITTER, 1 + JITTER)
+            delay = next_round_delay(self._interval_s, self._failed_rounds)
 
     def _round(self) -> None:
         # In this process the resolution registers every value and token with the redactor itself.
@@ -119,14 +122,8 @@ class Rounds:
         self._failed_rounds = self._failed_rounds + 1 if failures else 0
         if not change.resolutions:
             return
-        for name, resolution in change.resolutions.items():
-            log.info("changed", variable=name, versions=resolution.versions, destination=resolution.destination)
-        self._resolutions.update(change.resolutions)
-        try:
-            self._delivery.write(list(self._resolutions.values()), changed=change.resolutions.keys())
-        except SidecarError as error:
+        if not apply_change(self._resolutions, change, self._delivery):
             self._failed_rounds += 1
-            log.error("refresh failed", variable=error.variable, error=error.message, fix=error.fix)
             return
         self._current._values = MappingProxyType(_values(self._resolutions))
         if self._on_change is not None:

@@ -100,6 +100,36 @@ def log_failures(failures: Iterable[SidecarError]) -> None:
         )
 
 
+def nothing_can_change(variables: Iterable[Variable]) -> bool:
+    """Whether every reference names a Key Vault version, so that no round is ever needed (and say so)."""
+    if any(reference.can_change for variable in variables for reference in variable.references):
+        return False
+    log.info("no refresh", reason="no reference can change: every one names a Key Vault version")
+    return True
+
+
+def first_round_delay(interval_s: float) -> float:
+    return interval_s * random.uniform(*SPLAY)
+
+
+def next_round_delay(interval_s: float, failed_rounds: int) -> float:
+    backoff = 2 ** min(failed_rounds, MAX_BACKOFF_DOUBLINGS)
+    return interval_s * backoff * random.uniform(1 - JITTER, 1 + JITTER)
+
+
+def apply_change(current: dict[str, Resolution], change: Change, delivery: Delivery) -> bool:
+    """Take a round's changes into `current` and rewrite the changed files; False if they could not be written."""
+    for name, resolution in change.resolutions.items():
+        log.info("changed", variable=name, versions=resolution.versions, destination=resolution.destination)
+    current.update(change.resolutions)
+    try:
+        delivery.write(list(current.values()), changed=change.resolutions.keys())
+    except SidecarError as error:
+        log.error("refresh failed", variable=error.variable, error=error.message, fix=error.fix)
+        return False
+    return True
+
+
 def _remember(report: Report) -> None:
     """The values and tokens a round sent are sensitive here too (the round registered them in its own memory)."""
     for resolution in report.resolutions:
@@ -309,10 +339,9 @@ class Refresher:
     # Rounds
 
     def _schedule_first_round(self) -> None:
-        if not any(reference.can_change for variable in self._variables for reference in variable.references):
-            log.info("no refresh", reason="no reference can change: every one names a Key Vault version")
+        if nothing_can_change(self._variables):
             return
-        delay = self._refresh.interval_s * random.uniform(*SPLAY)
+        delay = first_round_delay(self._refresh.interval_s)
         self._next_round_at = time.monotonic() + delay
         log.info(
             "refresh",
@@ -323,8 +352,7 @@ class Refresher:
         )
 
     def _schedule_next_round(self) -> float:
-        backoff = 2 ** min(self._failed_rounds, MAX_BACKOFF_DOUBLINGS)
-        delay = self._refresh.interval_s * backoff * random.uniform(1 - JITTER, 1 + JITTER)
+        delay = next_round_delay(self._refresh.interval_s, self._failed_rounds)
         self._next_round_at = min(time.monotonic() + delay, self._requested_at)
         return max(0.0, self._next_round_at - time.monotonic())
 
@@ -409,13 +437,7 @@ class Refresher:
         )
 
     def _apply(self, change: Change) -> None:
-        for name, resolution in change.resolutions.items():
-            log.info("changed", variable=name, versions=resolution.versions, destination=resolution.destination)
-        self._current.update(change.resolutions)
-        try:
-            self._delivery.write(list(self._current.values()), changed=change.resolutions.keys())
-        except SidecarError as error:
-            log.error("refresh failed", variable=error.variable, error=error.message, fix=error.fix)
+        if not apply_change(self._current, change, self._delivery):
             self._failed_rounds += 1
             return
         if self._child is not None:
