@@ -34,7 +34,7 @@ MAX_ATTEMPTS = 100
 MAX_ID = 2**32 - 2  # the largest uid/gid Linux accepts ((uid_t)-1 means "unchanged")
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _WHOLE = re.compile(r"[0-9]+")
-_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 # Azure's own patterns (azure-rest-api-specs: common-types ResourceGroupNameParameter, and
 # Microsoft.MachineLearningServices WorkspaceNameParameter); they also keep the ARM path whole.
 _RESOURCE_GROUP = re.compile(r"[-\w._()]{0,89}[-\w_()]")
@@ -162,7 +162,7 @@ def _client_id(env: Mapping[str, str]) -> tuple[str | None, str]:
     for name in ("SIDECAR_CLIENT_ID", "DEFAULT_IDENTITY_CLIENT_ID"):
         value = env.get(name, "").strip()
         if value:
-            if not _GUID.fullmatch(value):
+            if not GUID.fullmatch(value):
                 raise ConfigurationError(
                     f"{name}={value!r} is not a client id (a GUID such as 00000000-0000-0000-0000-000000000000).",
                     fix=f"set {name} to the client id of the managed identity (not its name or resource id).",
@@ -177,7 +177,7 @@ def _workspace(env: Mapping[str, str]) -> Workspace | ConfigurationError:
     Not raised here: only a run with a connection reference needs the workspace.
     """
     checks = (
-        ("AZUREML_ARM_SUBSCRIPTION", _GUID, "a subscription id (a GUID)"),
+        ("AZUREML_ARM_SUBSCRIPTION", GUID, "a subscription id (a GUID)"),
         (
             "AZUREML_ARM_RESOURCEGROUP",
             _RESOURCE_GROUP,

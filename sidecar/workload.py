@@ -23,6 +23,7 @@ from sidecar.connect_to import ConnectToRule
 from sidecar.errors import ConfigurationError, SidecarError, UnavailableError
 from sidecar.logs import redactor
 from sidecar.references import shown
+from sidecar.settings import GUID
 
 AUTHORITY_HOST = "AZURE_AUTHORITY_HOST"
 TENANT_ID = "AZURE_TENANT_ID"
@@ -30,7 +31,6 @@ TOKEN_FILE = "AZURE_FEDERATED_TOKEN_FILE"
 CLIENT_ID = "AZURE_CLIENT_ID"
 # azure-identity's selection variables (AZURE_CLIENT_ID is not one: it is only the default client id).
 SELECTION = (AUTHORITY_HOST, TENANT_ID, TOKEN_FILE)
-_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 # A tenant id or a verified domain: azure-identity's characters (letters, digits, '-', '.'), DNS-sized.
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 # A service-account token is a few KiB; a file far larger is not one (and is not read whole into memory).
@@ -79,7 +79,7 @@ def load(
                 fix=f"annotate the pod's service account with azure.workload.identity/client-id: <client id> (the "
                 f"webhook then sets {CLIENT_ID}), or set SIDECAR_CLIENT_ID.",
             )
-        if not _GUID.fullmatch(client_id):
+        if not GUID.fullmatch(client_id):
             raise ConfigurationError(
                 f"{CLIENT_ID}={shown(client_id)!r} is not a client id (a GUID).",
                 fix="set the service account's azure.workload.identity/client-id annotation to the client id of the "
