@@ -11,7 +11,7 @@ thread, not in a fork: forking a process whose other threads hold locks (a web s
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 from sidecar import logs
@@ -66,8 +66,9 @@ class Current(Mapping[str, str]):
             self._thread.join(timeout)
 
 
-def _values(resolutions: Mapping[str, Resolution]) -> dict[str, str]:
-    return {name: r.value for name, r in resolutions.items() if not r.unset and r.value is not None}
+def values(resolutions: Iterable[Resolution]) -> dict[str, str]:
+    """Each resolved variable's value as the caller sees it (unset ones are absent)."""
+    return {r.variable.name: r.value for r in resolutions if not r.unset and r.value is not None}
 
 
 class Rounds:
@@ -125,7 +126,7 @@ class Rounds:
         if not apply_change(self._resolutions, change, self._delivery):
             self._failed_rounds += 1
             return
-        self._current._values = MappingProxyType(_values(self._resolutions))
+        self._current._values = MappingProxyType(values(self._resolutions.values()))
         if self._on_change is not None:
             try:
                 self._on_change(sorted(change.resolutions))

@@ -190,7 +190,7 @@ def _load(
     if interval_s is not None:
         from sidecar import background
 
-        current = background.Current({name: target[name] for name in loaded if name in target})
+        current = background.Current(background.values(report.resolutions))
         background.Rounds(
             current, report.resolutions, report.carried, env, settings, delivery, interval_s, on_change
         ).start()
